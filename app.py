@@ -1,0 +1,82 @@
+"""DemoForge entry point (also the Hugging Face Spaces entry): flags -> AppConfig -> build_app() -> launch()."""
+
+from __future__ import annotations
+
+import os
+
+# Before gradio is imported: no analytics calls from a demo machine (and none possible offline).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from core.config import AppConfig, ConfigError, DemoProfile, parse_auth  # noqa: E402
+from core.models import ModelError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; environment variables give the defaults where noted."""
+    on_space = bool(os.environ.get("SPACE_ID"))
+    p = argparse.ArgumentParser(prog="app.py", description="DemoForge: show off your own AI model in minutes.")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--model", default=os.environ.get("DEMOFORGE_MODEL", "default"),
+                   help="'default' (embedded SmolLM2), a Hub id, a local folder or a .gguf file")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--profile", default=os.environ.get("DEMOFORGE_PROFILE", "default"),
+                   help="a demo profile: a name in assets/profiles/ or a YAML path")
+    p.add_argument("--share", action="store_true", help="public Gradio share link (requires --auth)")
+    p.add_argument("--auth", default=None, help="user:password (or env DEMOFORGE_AUTH)")
+    p.add_argument("--queue-size", type=int, default=16, help="waiting requests before 'busy'")
+    p.add_argument("--concurrency", type=int, default=1, help="model calls at once (raise on a GPU)")
+    p.add_argument("--max-upload-mb", type=int, default=50)
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> AppConfig:
+    """Build and validate the AppConfig; raises ConfigError with a message for the user."""
+    return AppConfig(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        profile=DemoProfile.load(args.profile),
+        share=args.share,
+        auth=parse_auth(args.auth),
+        queue_size=args.queue_size,
+        concurrency=args.concurrency,
+        max_upload_mb=args.max_upload_mb,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(parse_args(argv))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Heavy imports after the flags are checked, so a typo fails in a fraction of a second.
+    from core.engine import Engine
+    from demo import build_app, launch_options
+
+    engine = Engine(config)
+    start = time.perf_counter()
+    try:
+        print(f"Loading model {config.model!r}…", flush=True)
+        label = engine.chat_label()
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Model ready: {label} ({time.perf_counter() - start:.1f}s)", flush=True)
+    app = build_app(engine, config)
+    app.launch(**launch_options(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""DemoForge engine: models, chat, classification, data, training. Never imports gradio."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,419 @@
+"""core.data (reading, schemas, validation, report) and core.tokenize (masking, packing), on a tiny tokenizer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core import data as D
+from core import tokenize as T
+from core.data import DataError, load_data
+
+CHATML = T.CHATML_TEMPLATE
+CORPUS = [
+    "Hello there, how can I help you today?",
+    "The quick brown fox jumps over the lazy dog.",
+    "My card was charged twice for one payment.",
+    "Great movie, I loved it. Awful plot, boring and slow.",
+    "Answer: four. Two plus two is four.",
+]
+
+
+def _byte_bpe(specials: list[str], **kwargs: Any):  # noqa: ANN202 - PreTrainedTokenizerFast
+    """A byte-level BPE trained on a few sentences: decodes back to the exact text, so masks can be read."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """ChatML byte-level tokenizer, saved and reloaded so the real loading path runs."""
+    from transformers import AutoTokenizer
+
+    t = _byte_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>",
+                  pad_token="<|endoftext|>", extra_special_tokens=["<|im_start|>"])
+    t.chat_template = CHATML
+    path = tmp_path_factory.mktemp("tok")
+    t.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(content.encode() if isinstance(content, str) else content)
+    return p
+
+
+def labelled_runs(t: Any, ex: T.TokenizedExample) -> list[str]:
+    """Decoded runs of consecutive trained tokens."""
+    runs, cur = [], []
+    for i, lab in zip(ex.input_ids, ex.labels, strict=True):
+        assert lab in (T.IGNORE_INDEX, i)
+        if lab != T.IGNORE_INDEX:
+            cur.append(i)
+        elif cur:
+            runs.append(t.decode(cur))
+            cur = []
+    return runs + ([t.decode(cur)] if cur else [])
+
+
+# ---------------------------------------------------------------- bad input: one test per case
+
+
+def test_not_utf8_names_byte_offset_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.csv", b"text,label\nhello,a\ncaf\xe9,b\n")
+    with pytest.raises(DataError, match=r"byte offset 22 \(line 3\)") as e:
+        load_data(p)
+    assert "UTF-8" in str(e.value) and "Re-save" in str(e.value)
+
+
+def test_broken_jsonl_names_line(tmp_path: Path) -> None:
+    lines = ['{"text": "a", "label": "x"}', "", '{"text": "b", "label": "y"}', '{"text": "c", "label"']
+    p = write(tmp_path, "d.jsonl", "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 4, column \d+: broken JSON") as e:
+        load_data(p)
+    assert "one" in str(e.value) and "JSON object" in str(e.value)
+
+
+def test_broken_json_names_line_and_column(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.json", '[\n  {"text": "a", "label": "x"},\n  {"text": "b" "label": "y"}\n]\n')
+    with pytest.raises(DataError, match=r"broken JSON at line 3, column 16") as e:
+        load_data(p)
+    assert "array of objects" in str(e.value)
+
+
+def test_missing_columns_lists_expected_and_found(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.csv", "foo,bar\n1,2\n")
+    with pytest.raises(DataError, match=r"Missing columns: expected text .* and label .*; found foo, bar"):
+        load_data(p, "classification")
+    with pytest.raises(DataError, match=r"expected messages; or prompt \+ response.*found foo, bar"):
+        load_data(p)
+
+
+def test_mapping_to_unknown_column_names_it(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.csv", "foo,bar\n1,2\n")
+    with pytest.raises(DataError, match=r"column 'baz' for 'text', but the columns are: foo, bar"):
+        load_data(p, mapping={"text": "baz"})
+
+
+def test_single_class(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.csv", "text,label\na,spam\nb,spam\nc,spam\n")
+    with pytest.raises(DataError, match=r"single class \('spam', 3 rows\); classification needs at least 2"):
+        load_data(p, "classification")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    for content in (b"", b"\xef\xbb\xbf\r\n  \n"):
+        with pytest.raises(DataError, match=r"d.csv is empty. Expected a header"):
+            load_data(write(tmp_path, "d.csv", content))
+
+
+def test_header_only(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.csv", "text,label\r\n\r\n")
+    with pytest.raises(DataError, match=r"header \(text, label\) but no data rows"):
+        load_data(p)
+
+
+def test_file_over_size_limit_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write(tmp_path, "d.csv", "text,label\n" + "hello,a\n" * 200)
+
+    def no_read(self: Path) -> bytes:
+        raise AssertionError("read before the size check")
+
+    monkeypatch.setattr(Path, "read_bytes", no_read)
+    with pytest.raises(DataError, match=r"0\.0 MB, over the 0 MB limit"):
+        load_data(p, max_bytes=1000)
+
+
+def test_hub_id_offline_says_upload_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"Cannot reach the Hugging Face Hub .*'someone/dataset'.*Upload a CSV"):
+        load_data("someone/dataset")
+    with pytest.raises(DataError, match="File not found: missing/train.csv"):
+        load_data("missing/train.csv")
+
+
+def test_extra_fields_name_the_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.csv", "text,label\nhello,a\nhello, world,b\n")
+    with pytest.raises(DataError, match=r"line 3: 3 fields but the header has 2 \(text, label\)\. Quote fields"):
+        load_data(p)
+
+
+def test_no_usable_rows_lists_reasons(tmp_path: Path) -> None:
+    p = write(tmp_path, "d.csv", "prompt,response\nhi,\n,yo\n")
+    with pytest.raises(DataError, match=r"all 2 were dropped: 2 empty \(e.g. line 2 \(response\), line 3 \(prompt\)"):
+        load_data(p)
+
+
+# ---------------------------------------------------------------- quirks handled silently
+
+
+def test_bom_crlf_padded_cased_headers_and_embedded_newlines(tmp_path: Path) -> None:
+    raw = ('\ufeff Text ,LABEL \r\n"first, with comma",pos\r\n"multi\r\nline ""quoted"" text",neg\r\n'
+           "last,pos\r\n")
+    d = load_data(write(tmp_path, "d.csv", raw.encode("utf-8")))
+    assert d.report.columns == {"text": "Text", "label": "LABEL"}
+    assert [e.text for e in d.examples] == ["first, with comma", 'multi\r\nline "quoted" text', "last"]
+    assert [e.where for e in d.examples] == ["line 2", "line 3", "line 5"]  # the quoted newline spans two lines
+    assert d.report.label_names == ["neg", "pos"]
+
+
+def test_tsv_with_embedded_newline_matches_csv_module(tmp_path: Path) -> None:
+    rows = [["text", "label"], ["a\nb", "x"], ["c", "y"]]
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t").writerows(rows)
+    d = load_data(write(tmp_path, "d.tsv", buf.getvalue()))
+    assert [(e.text, e.label) for e in d.examples] == [("a\nb", "x"), ("c", "y")]
+
+
+def test_format_sniffing(tmp_path: Path) -> None:
+    jsonl = '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n'
+    assert load_data(write(tmp_path, "a.txt", jsonl)).report.format == "jsonl"
+    assert load_data(write(tmp_path, "b.json", jsonl)).report.format == "jsonl"  # JSON Lines saved as .json
+    assert load_data(write(tmp_path, "c.data", "text\tlabel\na\t0\nb\t1\n")).report.format == "tsv"
+    semi = load_data(write(tmp_path, "d.csv", "text;label\nhello, you;0\nb;1\n"))  # European Excel
+    assert semi.examples[0].text == "hello, you"
+
+
+# ---------------------------------------------------------------- schemas
+
+
+MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+@pytest.mark.parametrize(("name", "content", "schema"), [
+    ("m.jsonl", json.dumps({"messages": MSGS}) + "\n", "messages"),
+    ("m.csv", "messages\n" + '"' + json.dumps(MSGS).replace('"', '""') + '"\n', "messages"),
+    ("s.json", json.dumps([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}]),
+     "messages"),
+    ("p.csv", "Prompt,Response\nhi,hello\n", "prompt_response"),
+    ("c.jsonl", json.dumps({"prompt": "hi", "completion": "hello"}) + "\n", "prompt_response"),
+    ("a.json", json.dumps([{"instruction": "hi", "input": "", "output": "hello"}]), "alpaca"),
+])
+def test_chat_schemas_detected(tmp_path: Path, name: str, content: str, schema: str) -> None:
+    d = load_data(write(tmp_path, name, content))
+    assert (d.report.task, d.report.schema) == ("sft", schema)
+    assert d.examples[0].messages == MSGS
+
+
+def test_alpaca_input_and_system_prompt(tmp_path: Path) -> None:
+    p = write(tmp_path, "a.json", json.dumps([{"instruction": "Sum", "input": "2 2", "output": "4"}]))
+    d = load_data(p, system_prompt="Be brief.")
+    assert d.examples[0].messages == [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Sum\n\n2 2"}, {"role": "assistant", "content": "4"}]
+    # a system column wins over the parameter
+    p = write(tmp_path, "s.csv", "system,prompt,response\nYou are Bob.,hi,hello\n")
+    assert load_data(p, system_prompt="x").examples[0].messages[0] == {"role": "system", "content": "You are Bob."}
+
+
+def test_plain_text_schema(tmp_path: Path, tok: Any) -> None:
+    d = load_data(write(tmp_path, "t.jsonl", '{"text": "Hello there"}\n'), tokenizer=tok)
+    assert (d.report.task, d.report.schema, d.examples[0].text) == ("sft", "text", "Hello there")
+    ex = d.tokenized[0]
+    assert ex.input_ids[-1] == tok.eos_token_id and ex.labels[1:] == ex.input_ids[1:] and ex.labels[0] == -100
+
+
+def test_classification_detected_and_mapping_override(tmp_path: Path) -> None:
+    p = write(tmp_path, "c.csv", "Utterance,Intent,other\nhi,greet,1\nbye,leave,2\n")
+    d = load_data(p)
+    assert (d.report.task, d.report.columns) == ("classification", {"text": "Utterance", "label": "Intent"})
+    d = load_data(p, mapping={"label": "other", "text": "utterance"})
+    assert (d.report.task, [e.label for e in d.examples], d.label_names) == ("classification", [1, 2], ["0", "1", "2"])
+
+
+def test_drop_reasons_counted_with_locations(tmp_path: Path) -> None:
+    recs = [{"text": "ok", "label": "a"}, {"text": "  ", "label": "a"}, {"text": None, "label": "b"},
+            {"text": "nan", "label": "b"}, {"text": 5, "label": "b"}, {"text": "ok", "label": 1.5},
+            {"text": "fine", "label": "b"}]
+    d = load_data(write(tmp_path, "c.json", json.dumps(recs)))
+    assert d.report.dropped == {"empty": 1, "NaN/None": 2, "wrong type": 2}
+    assert d.report.dropped_where["NaN/None"] == ["item 3 (text)", "item 4 (text)"]
+    assert d.report.rows_read == 7 and d.report.rows_kept == 2 and d.report.rows_dropped == 5
+    msgs = [{"messages": []}, {"messages": [{"role": "user", "content": "hi"}]}, {"messages": "not json"},
+            {"messages": MSGS}]
+    d = load_data(write(tmp_path, "m.jsonl", "\n".join(json.dumps(m) for m in msgs)))
+    assert d.report.dropped == {"empty": 1, "no assistant reply": 1, "wrong type": 1}
+
+
+def test_labels_ids_names_and_warnings(tmp_path: Path) -> None:
+    rows = [("t", "b")] * 30 + [("t", "a")] * 5 + [("t", "c")] * 2
+    p = write(tmp_path, "c.csv", "text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    d = load_data(p)
+    assert d.label_names == ["a", "b", "c"]  # sorted, not first-seen
+    assert d.report.label_counts == {"b": 30, "a": 5, "c": 2}
+    assert any("Imbalanced" in w and "15x" in w for w in d.report.warnings)
+    assert any("fewer than 5 examples: c" in w for w in d.report.warnings)
+    assert load_data(p, label_names=["c", "b", "a"]).label_names == ["c", "b", "a"]
+    with pytest.raises(DataError, match="Labels not in the given label list .*: c"):
+        load_data(p, label_names=["a", "b"])
+    ints = write(tmp_path, "i.csv", "text,label\nx,2\ny,0\nz,-1\n")
+    d = load_data(ints)
+    assert d.label_names == ["0", "1", "2"] and [e.label for e in d.examples] == [2, 0]
+    assert d.report.dropped == {"negative label (unlabelled?)": 1}
+
+
+# ---------------------------------------------------------------- tokenisation and masking
+
+
+def test_assistant_masking_multi_turn(tok: Any) -> None:
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How can I help?"},
+            {"role": "assistant", "content": "Hello there, today."}, {"role": "user", "content": "Two plus two?"},
+            {"role": "assistant", "content": "Answer: four."}]
+    ex = T.tokenize_chat(tok, msgs)
+    assert tok.decode(ex.input_ids) == tok.apply_chat_template(msgs, tokenize=False)
+    assert labelled_runs(tok, ex) == ["Hello there, today.<|im_end|>", "Answer: four.<|im_end|>"]
+
+
+def test_masking_with_default_system_prompt_template(tok: Any) -> None:
+    """SmolLM2-style template: injects a system prompt, so a leading assistant turn is not prefix-stable."""
+    smol = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+            "{{ '<|im_start|>system\nYou help.<|im_end|>\n' }}{% endif %}"
+            "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    tok2 = tok.__class__.from_pretrained(tok.name_or_path)
+    tok2.chat_template = smol
+    msgs = [{"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "help"},
+            {"role": "assistant", "content": "The fox."}]
+    assert labelled_runs(tok2, T.tokenize_chat(tok2, msgs)) == ["Hello there.<|im_end|>", "The fox.<|im_end|>"]
+
+
+def test_ensure_chat_template(tok: Any) -> None:
+    bare = tok.__class__.from_pretrained(tok.name_or_path)
+    bare.chat_template = None
+    with pytest.raises(ValueError, match="ensure_chat_template"):
+        T.tokenize_chat(bare, MSGS)
+    assert T.ensure_chat_template(bare) is True and bare.chat_template == T.CHATML_TEMPLATE
+    assert T.ensure_chat_template(bare) is False
+    # no ChatML tokens: role tags, turns closed by EOS so generate() stops
+    gpt = _byte_bpe(["<|endoftext|>"], eos_token="<|endoftext|>")
+    assert T.ensure_chat_template(gpt) and gpt.chat_template == T.ROLE_TAG_TEMPLATE
+    assert labelled_runs(gpt, T.tokenize_chat(gpt, MSGS)) == ["hello<|endoftext|>"]
+
+
+def test_sft_too_long_dropped_and_classification_truncated(tmp_path: Path, tok: Any) -> None:
+    long = "The quick brown fox jumps over the lazy dog. " * 8
+    p = write(tmp_path, "p.csv", f"prompt,response\nhi,hello\nhi,{long}\n")
+    d = load_data(p, tokenizer=tok, max_length=40)
+    assert d.report.dropped == {"too long": 1} and d.report.too_long_policy == "dropped"
+    assert len(d.tokenized) == 1 and len(d.tokenized[0]) <= 40 and d.report.token_lengths["over_max_length"] == 1
+    p = write(tmp_path, "c.csv", f"text,label\nhi,a\n{long},b\n")
+    d = load_data(p, tokenizer=tok, max_length=10)
+    assert d.report.truncated == 1 and d.report.too_long_policy == "truncated" and d.report.rows_kept == 2
+    assert [len(e.input_ids) for e in d.tokenized] == [len(tok("hi").input_ids), 10]
+    assert [e.label for e in d.tokenized] == [0, 1]
+
+
+def test_report_on_generated_300_row_csv(tmp_path: Path, tok: Any) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["sentence", "category"])
+    for i in range(300):
+        w.writerow([f"{CORPUS[i % 5]} #{i}" if i % 50 else "", ["billing", "cards", "other"][i % 3]])
+    d = load_data(write(tmp_path, "big.csv", buf.getvalue()), tokenizer=tok, max_length=12)
+    r = d.report
+    assert (r.rows_read, r.rows_kept, r.dropped) == (300, 294, {"empty": 6})
+    assert set(r.token_lengths) == {"p50", "p90", "p99", "max", "over_max_length"}
+    assert r.token_lengths["p50"] <= r.token_lengths["p90"] <= r.token_lengths["max"]
+    assert r.truncated == r.token_lengths["over_max_length"] > 0
+    assert json.loads(json.dumps(r.to_dict()))["rows_dropped"] == 6
+    md = r.to_markdown()
+    assert "294 kept" in md and "| empty | 6 | line 2 (sentence)" in md and "| billing | 98 |" in md
+    assert len(r.samples) == 3 and len(r.fingerprint) == 12
+
+
+# ---------------------------------------------------------------- packing
+
+
+def _ex(n: int, start: int = 10) -> T.TokenizedExample:
+    ids = list(range(start, start + n))
+    return T.TokenizedExample(ids, list(ids))
+
+
+def test_pack_first_fit_decreasing() -> None:
+    exs = [_ex(n, 10 * i) for i, n in enumerate([3, 7, 5, 2, 6, 4, 1])]  # 28 tokens
+    rows = T.pack_examples(exs, 10)
+    assert [r.seq_lens for r in rows] == [[7, 3], [6, 4], [5, 2, 1]]
+    for r in rows:
+        assert len(r) <= 10 and sum(r.seq_lens) == len(r)
+        starts = [sum(r.seq_lens[:k]) for k in range(len(r.seq_lens))]
+        assert r.position_ids == [p for n in r.seq_lens for p in range(n)]
+        assert all(r.labels[s] == -100 for s in starts)  # never predicted from the previous example
+        assert all(r.labels[i] == r.input_ids[i] for i in range(len(r)) if i not in starts)
+    assert T.pack_examples(exs, 10) == rows
+    with pytest.raises(ValueError, match="longer than max_length=6"):
+        T.pack_examples(exs, 6)
+
+
+def test_collate_packed_pads_with_own_block() -> None:
+    rows = T.pack_examples([_ex(4), _ex(3), _ex(2)], 5)
+    b = T.collate_packed(rows, pad_token_id=0)
+    assert b["input_ids"].shape == b["labels"].shape == b["position_ids"].shape == (2, 5)
+    assert b["position_ids"][1].tolist() == [0, 1, 2, 0, 1] and b["labels"][0, 4].item() == -100
+    assert b["input_ids"][0, 4].item() == 0 and "attention_mask" not in b
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_examples_never_attend_to_each_other(tok: Any, impl: str) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=len(tok), attn_implementation=impl)).eval()
+    exs = [T.tokenize_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+           for q, a in [("Hello there", "The quick fox."), ("Two plus two?", "four"), ("card", "charged twice")]]
+    (row,) = T.pack_examples(exs, 200)
+    batch = T.collate_packed([row])
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        ids = [ex.input_ids for ex in sorted(exs, key=len, reverse=True)]  # FFD order = packed order
+        assert [len(i) for i in ids] == row.seq_lens
+        start = 0
+        for seq in ids:
+            solo = model(input_ids=torch.tensor([seq])).logits[0]
+            torch.testing.assert_close(packed[start:start + len(seq)], solo, atol=1e-5, rtol=0)
+            start += len(seq)
+        # the check can fail: without restarting positions the later examples see the earlier ones
+        flat = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+        assert not torch.allclose(flat[-len(ids[-1]):], solo, atol=1e-3)
+        # transformers 5.24 pitfall: a KV cache (use_cache defaults to True) disables packed-mask detection
+        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        assert not torch.allclose(cached[-len(ids[-1]):], solo, atol=1e-3)
+
+
+# ---------------------------------------------------------------- split and fingerprint
+
+
+def test_split_train_eval_deterministic_and_stratified() -> None:
+    items = list(range(100))
+    tr, ev = D.split_train_eval(items, 0.2, seed=1)
+    assert (tr, ev) == D.split_train_eval(items, 0.2, seed=1) and len(ev) == 20
+    assert sorted(tr + ev) == items and ev != D.split_train_eval(items, 0.2, seed=2)[1]
+    labels = ["a"] * 90 + ["rare"] * 3 + ["b"] * 7
+    tr, ev = D.split_train_eval(items, 0.1, seed=0, stratify=labels)
+    assert {labels[i] for i in ev} == {"a", "b", "rare"} and {labels[i] for i in tr} == {"a", "b", "rare"}
+    assert D.split_train_eval(items, 0.0)[1] == []
+
+
+def test_data_fingerprint(tmp_path: Path) -> None:
+    p = write(tmp_path, "a.csv", "text,label\na,b\n")
+    fp = D.data_fingerprint(p)
+    assert len(fp) == 12 and fp == D.data_fingerprint(str(p))
+    assert fp != D.data_fingerprint(write(tmp_path, "b.csv", "text,label\na,c\n"))
+    recs = [{"a": 1, "b": 2}]
+    assert D.data_fingerprint(recs) == D.data_fingerprint([{"b": 2, "a": 1}]) != D.data_fingerprint([{"a": 2}])
+    assert load_data(p.parent / "a.csv", "sft", mapping={"text": "text"}).report.fingerprint == fp
