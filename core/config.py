@@ -147,3 +147,196 @@ def _known_keys(cls: type, data: dict[str, Any], source: Path) -> dict[str, Any]
         raise ConfigError(f"{source}: unknown keys {unknown}; allowed: {sorted(known)}.")
     return data
 
+
+# --- Training (LoRA fine-tuning) -------------------------------------------------------------------------------------
+
+TrainTask = Literal["sft", "classification"]
+Precision = Literal["auto", "fp32", "bf16"]
+Scheduler = Literal["cosine", "linear"]
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA adapter's shape (peft ``LoraConfig``)."""
+
+    r: int = 16
+    """Rank of the low-rank update; higher learns more and costs more (typical 4-64)."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r (commonly 2 x r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input during training (0 turns it off)."""
+    target_modules: str | list[str] = "all-linear"
+    """Which layers get adapters: 'all-linear' (every linear layer except the output head) or a list of names."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r={self.r!r} must be a positive integer (try 8 or 16).")
+        _check_range("lora.r", self.r, 1, 1024)
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha={self.alpha!r} must be positive (commonly 2 x r).")
+        _check_range("lora.dropout", self.dropout, 0.0, 0.9)
+        if isinstance(self.target_modules, str):
+            if not self.target_modules.strip():
+                raise ConfigError("lora.target_modules must be 'all-linear' or a non-empty list of module names.")
+        elif not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise ConfigError("lora.target_modules must be 'all-linear' or a non-empty list of module names.")
+
+
+@dataclass
+class TrainConfig:
+    """One LoRA fine-tuning run. The Fine-tune tab builds it from widgets; ``python -m core.train`` from YAML."""
+
+    data_path: str
+    """The training file: CSV, TSV, JSON or JSONL."""
+    adapter_name: str
+    """Name of the saved adapter; it lands in ``adapters/<safe name>/`` under the DemoForge home."""
+    task: TrainTask = "sft"
+    """'sft': chat fine-tuning of a causal LM on assistant replies; 'classification': text -> label."""
+    base_model: str = "default"
+    """'default' (embedded SmolLM2 for sft, MiniLM for classification), 'minilm', a local folder or a Hub id."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping, e.g. {'prompt': 'question', 'response': 'answer'} or {'text': 'body', 'label': 'tag'};
+    empty means detect from the usual names."""
+    eval_path: str | None = None
+    """Optional separate evaluation file; when set, eval_fraction is ignored."""
+    eval_fraction: float = 0.1
+    """Share of the training rows held out for evaluation when no eval file is given (0 turns eval off)."""
+    run_dir: str | None = None
+    """Folder for events, logs and checkpoints; None makes ``runs/<timestamp>-<name>/`` under the home."""
+    resume_from: str | None = None
+    """A run folder with a checkpoint to continue from (same as ``--resume``)."""
+    max_length: int = 256
+    """Longest tokenised example; for sft also the length of a packed row."""
+    epochs: float = 3.0
+    """Passes over the training data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Exact number of optimizer steps; overrides epochs."""
+    time_budget_minutes: float | None = None
+    """Stop after at most this many minutes: total steps are planned from a measured warm-up step."""
+    lr: float = 2e-4
+    """Peak learning rate (AdamW) after warm-up."""
+    batch_size: int = 8
+    """Micro-batch per process: packed rows of up to max_length tokens for sft, examples for classification."""
+    batch_tokens: int | None = None
+    """sft only: micro-batch size in tokens instead of rows (rounded down to whole rows of max_length)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step (effective batch = batch x grad_accum x processes)."""
+    warmup_ratio: float = 0.05
+    """Share of the total steps spent ramping the learning rate up from 0."""
+    scheduler: Scheduler = "cosine"
+    """Learning-rate decay after warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA weights."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 turns clipping off)."""
+    seed: int = 42
+    """Seed for the data split, shuffling, LoRA init and dropout."""
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; None means about 5 evaluations per run (and always one at the end)."""
+    checkpoint_every: int | None = None
+    """Save a resumable checkpoint every N optimizer steps; None saves only when stopped."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    precision: Precision = "auto"
+    """'auto': bf16 autocast on CUDA and on CPUs with native bf16, else fp32. Master weights stay fp32."""
+    qlora: bool = False
+    """Load the base in 4-bit (bitsandbytes); needs a CUDA GPU."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """The adapter's shape."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**_known_keys(LoraSettings, self.lora, Path("lora")))
+        if self.task not in ("sft", "classification"):
+            raise ConfigError(f"task={self.task!r}: use 'sft' (chat fine-tuning) or 'classification'.")
+        if not str(self.data_path).strip():
+            raise ConfigError("data_path must name a CSV, TSV, JSON or JSONL file.")
+        if not str(self.adapter_name).strip():
+            raise ConfigError("adapter_name must not be empty.")
+        if not str(self.base_model).strip():
+            raise ConfigError("base_model must be 'default', 'minilm', a local folder or a Hub id.")
+        if not isinstance(self.columns, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.columns.items()
+        ):
+            raise ConfigError("columns must map field names to column names, e.g. {'text': 'body', 'label': 'tag'}.")
+        if not (0.0 <= self.eval_fraction < 0.5):
+            raise ConfigError(
+                f"eval_fraction={self.eval_fraction!r} must be in [0, 0.5): hold out less than half the data "
+                "(0 turns evaluation off)."
+            )
+        _check_range("max_length", self.max_length, 16, 32768)
+        if self.max_steps is None:
+            if not (self.epochs > 0):
+                raise ConfigError(f"epochs={self.epochs!r} must be positive (or set max_steps).")
+            _check_range("epochs", self.epochs, 0.0, 1000.0)
+        elif self.max_steps < 1:
+            raise ConfigError(f"max_steps={self.max_steps!r} must be at least 1 (or leave it empty to use epochs).")
+        if self.time_budget_minutes is not None and not (self.time_budget_minutes > 0):
+            raise ConfigError(f"time_budget_minutes={self.time_budget_minutes!r} must be positive (or empty).")
+        if not (self.lr > 0):
+            raise ConfigError(f"lr={self.lr!r} must be positive (LoRA typically uses 1e-4 to 5e-4).")
+        _check_range("lr", self.lr, 0.0, 1.0)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size!r} must be at least 1.")
+        if self.batch_tokens is not None:
+            if self.task != "sft":
+                raise ConfigError("batch_tokens applies to sft only; use batch_size for classification.")
+            if self.batch_tokens < self.max_length:
+                raise ConfigError(
+                    f"batch_tokens={self.batch_tokens} is smaller than one packed row (max_length={self.max_length})."
+                )
+        if self.grad_accum < 1:
+            raise ConfigError(f"grad_accum={self.grad_accum!r} must be at least 1.")
+        _check_range("warmup_ratio", self.warmup_ratio, 0.0, 0.5)
+        if self.scheduler not in ("cosine", "linear"):
+            raise ConfigError(f"scheduler={self.scheduler!r}: use 'cosine' or 'linear'.")
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm={self.max_grad_norm!r} must be >= 0 (0 turns clipping off).")
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r} must be a non-negative integer.")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value!r} must be at least 1 (or empty).")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision={self.precision!r}: use 'auto', 'fp32' or 'bf16'.")
+
+    @property
+    def rows_per_batch(self) -> int:
+        """Micro-batch size in rows (sft with batch_tokens: whole packed rows of max_length)."""
+        if self.task == "sft" and self.batch_tokens is not None:
+            return max(1, self.batch_tokens // self.max_length)
+        return self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON-ready), nested LoRA settings included."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The config as YAML text; also written to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path = "config") -> TrainConfig:
+        """Build from a mapping, rejecting unknown keys (typos) with a message that names them."""
+        data = dict(_known_keys(cls, data, Path(str(source))))
+        if isinstance(data.get("lora"), dict):
+            data["lora"] = LoraSettings(**_known_keys(LoraSettings, data["lora"], Path(f"{source}: lora")))
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a required key is missing
+            raise ConfigError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Load and validate a YAML file (see ``assets/train_example.yaml``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Training config {str(path)!r} not found.")
+        return cls.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, path)

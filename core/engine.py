@@ -1,25 +1,47 @@
-"""The engine: owns loaded models (and later jobs and adapters) and is passed to every tab. No global state."""
+"""The engine: owns the loaded chat model, its LoRA adapters and the training jobs; passed to every tab."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+from core import adapters
 from core.chat import Message, StreamPiece, stream_reply
 from core.config import AppConfig, GenerationSettings
-from core.models import LoadedModel, load_causal_lm
+from core.data import LoadedData, load_data
+from core.models import DEFAULT_SPECS, LoadedModel, load_causal_lm
 
 log = logging.getLogger(__name__)
 
 
+def same_base(a: str, b: str) -> bool:
+    """True when two model specs name the same base ('default' and its aliases are one model)."""
+    norm = {s: "default" for s in DEFAULT_SPECS}
+    return norm.get(a.strip().lower(), a.strip()) == norm.get(b.strip().lower(), b.strip())
+
+
 class Engine:
-    """Loads the chat model once (lazily, thread-safe) and serves chat replies from it."""
+    """Loads the chat model once (lazily, thread-safe), attaches LoRA adapters to it by name, serves replies.
+
+    One base model stays in memory; adapters are loaded into it with peft and switched per request, so changing
+    adapter never reloads the base. Generation holds ``_gen_lock`` because the active adapter is model state.
+    """
 
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self._chat: LoadedModel | None = None
+        self._peft = None  # PeftModel wrapping the chat base once the first adapter is attached
         self._load_lock = threading.Lock()
+        self._gen_lock = threading.Lock()
+        self._jobs = None
+        self._tokenizers: dict[tuple[str, str], object] = {}
+
+    # --- chat model ------------------------------------------------------------------------------------------------
 
     def chat_model(self) -> LoadedModel:
         """The loaded chat model; the first call loads it (concurrent first calls wait for one load)."""
@@ -34,8 +56,120 @@ class Engine:
         """Name · precision · device of the chat model (loads it if needed)."""
         return self.chat_model().label
 
+    # --- adapters --------------------------------------------------------------------------------------------------
+
+    def chat_adapters(self) -> list[adapters.AdapterInfo]:
+        """Finished chat (sft) adapters trained on this app's chat base."""
+        return [a for a in adapters.list_adapters("sft") if same_base(a.base_model, self.config.model)]
+
+    def _attach(self, name: str) -> float:
+        """Make adapter ``name`` the active one on the chat base; returns seconds taken (0 when already loaded)."""
+        from peft import PeftModel
+
+        start = time.perf_counter()
+        info = adapters.get(name)
+        if info.task != "sft":
+            raise adapters.AdapterError(f"Adapter {name!r} is a {info.task} adapter; the Chat tab needs a chat one.")
+        if not same_base(info.base_model, self.config.model):
+            raise adapters.AdapterError(
+                f"Adapter {name!r} was trained on {info.base_model!r}, but this app chats with "
+                f"{self.config.model!r}. Start the app with --model {info.base_model} to use it."
+            )
+        lm = self.chat_model()
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(lm.model, str(info.path), adapter_name=info.name,
+                                                   is_trainable=False)
+            self._peft.eval()
+        elif info.name not in self._peft.peft_config:
+            self._peft.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+        self._peft.set_adapter(info.name)
+        self._peft.base_model.disable_adapter_layers()  # resting state; _using() enables it per request
+        return time.perf_counter() - start
+
+    def forget_adapter(self, name: str) -> None:
+        """Unload a deleted or renamed adapter from the chat base. peft cannot drop its last adapter; that one stays
+        loaded but unreachable (it is no longer listed), and the base path disables it anyway."""
+        with self._gen_lock:
+            if self._peft is not None and name in self._peft.peft_config and len(self._peft.peft_config) > 1:
+                if self._peft.active_adapter == name:
+                    self._peft.set_adapter(next(n for n in self._peft.peft_config if n != name))
+                self._peft.delete_adapter(name)
+
+    def switch_adapter(self, name: str | None) -> float:
+        """Load (first time) and activate an adapter, or None for the base; returns the seconds it took."""
+        with self._gen_lock:
+            return self._attach(name) if name else 0.0
+
+    @contextlib.contextmanager
+    def _using(self, adapter: str | None) -> Iterator[LoadedModel]:
+        """A view of the chat model with ``adapter`` active (or the plain base when None).
+
+        Between requests the LoRA layers rest disabled, so anything else that runs the chat model (the Classify
+        tab's chat-likelihood zero-shot) always sees the plain base.
+        """
+        lm = self.chat_model()
+        if not adapter:
+            yield lm if self._peft is None else dataclasses.replace(lm, model=self._peft)
+            return
+        self._attach(adapter)
+        self._peft.base_model.enable_adapter_layers()
+        try:
+            yield dataclasses.replace(lm, model=self._peft, name=f"{lm.name} + {adapter}")
+        finally:
+            self._peft.base_model.disable_adapter_layers()
+
     def chat_stream(
-        self, history: list[Message], settings: GenerationSettings, system_prompt: str | None = None
+        self,
+        history: list[Message],
+        settings: GenerationSettings,
+        system_prompt: str | None = None,
+        adapter: str | None = None,
     ) -> Iterator[StreamPiece]:
-        """Stream a reply from the chat model; see :func:`core.chat.stream_reply`."""
-        return stream_reply(self.chat_model(), history, settings, system_prompt)
+        """Stream a reply from the chat base, or with ``adapter`` applied; see :func:`core.chat.stream_reply`."""
+        with self._gen_lock, self._using(adapter) as lm:
+            yield from stream_reply(lm, history, settings, system_prompt)
+
+    # --- training --------------------------------------------------------------------------------------------------
+
+    @property
+    def jobs(self):  # noqa: ANN201 - core.jobs.JobManager (imported lazily: the chat-only path never needs it)
+        """The training job manager (created on first use; it finds runs left by an earlier server)."""
+        if self._jobs is None:
+            from core.jobs import JobManager
+
+            self._jobs = JobManager()
+        return self._jobs
+
+    @property
+    def classify(self):  # noqa: ANN201 - core.classify_service.ClassifyService (lazy: torch-heavy imports)
+        """The classifiers of the Classify tab (created on first use; models load lazily inside it)."""
+        if getattr(self, "_classify", None) is None:
+            from core.classify_service import ClassifyService
+
+            with self._load_lock:  # two first requests at once must share one service (one encoder load)
+                if getattr(self, "_classify", None) is None:
+                    self._classify = ClassifyService(self.chat_model, self.config.device, self.config.dtype)
+        return self._classify
+
+    def _tokenizer(self, task: str, base_model: str):  # noqa: ANN202 - a transformers tokenizer
+        """The tokenizer a run on ``base_model`` would use (cached; the chat model's own when it is the base)."""
+        key = (task, base_model)
+        if key not in self._tokenizers:
+            if task == "sft" and same_base(base_model, self.config.model):
+                self._tokenizers[key] = self.chat_model().tokenizer
+            else:
+                from core.train_loop import load_tokenizer, resolve_base
+
+                self._tokenizers[key] = load_tokenizer(resolve_base(base_model, task))
+        return self._tokenizers[key]
+
+    def validate_data(self, path: str, task: str, base_model: str = "default", columns: dict[str, str] | None = None,
+                      max_length: int = 256) -> LoadedData:
+        """Read, validate and tokenise a training file exactly as a run would; raises DataError with a reason."""
+        tokenizer = self._tokenizer(task, base_model)
+        return load_data(path, task, mapping=columns or None, tokenizer=tokenizer, max_length=max_length,
+                         max_bytes=self.config.max_upload_mb * 1024 * 1024)
+
+    def adapter_path(self, name: str) -> Path:
+        """Folder of a finished adapter."""
+        return adapters.get(name).path

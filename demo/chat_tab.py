@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from core.adapters import AdapterError
 from core.chat import ChatError, Message
 from core.config import ConfigError, DemoProfile, GenerationSettings
 from core.engine import Engine
@@ -49,9 +50,27 @@ def make_settings(
     )
 
 
+BASE = "Base model (no adapter)"
+
+
+def adapter_choices(engine: Engine) -> list[str]:
+    """Dropdown choices: the plain base first, then every chat adapter trained on this base."""
+    return [BASE, *(a.name for a in engine.chat_adapters())]
+
+
+def adapter_arg(choice: str | None) -> str | None:
+    """Dropdown value -> adapter name for the engine (None = base)."""
+    return None if not choice or choice == BASE else choice
+
+
 def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -> dict[str, gr.components.Component]:
     """Build the Chat tab inside the current Blocks context and wire its events; returns its components."""
-    gr.Markdown(f"**Model:** {engine.chat_label()}", elem_id="df-model-info")
+    with gr.Row(equal_height=True):
+        gr.Markdown(f"**Model:** {engine.chat_label()}", elem_id="df-model-info")
+        adapter = gr.Dropdown(choices=adapter_choices(engine), value=BASE, label="Adapter", scale=2,
+                              allow_custom_value=True, elem_id="df-adapter",
+                              info="LoRA adapters from the Fine-tune tab; switching keeps the base loaded.")
+        refresh = gr.Button("⟳", size="sm", scale=0, min_width=40, elem_id="df-adapter-refresh")
     chatbot = gr.Chatbot(
         label="Chat",
         editable="user",
@@ -88,19 +107,20 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
             max_new = gr.Slider(16, 2048, value=256, step=16, label="Max new tokens")
             rep = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-    knobs = [system, temperature, top_p, top_k, max_new, rep, seed]
+    knobs = [system, temperature, top_p, top_k, max_new, rep, seed, adapter]
 
     def add_user(message: str, history: list[dict]) -> tuple[list[dict], str]:
         if not message or not message.strip():
             raise gr.Error("The message is empty: type something, then press Send.", duration=5)
         return [*history, {"role": "user", "content": message}], ""
 
-    def respond(history: list[dict], system_prompt: str, t: float, p: float, k: float, n: float, r: float, s: float):
+    def respond(history: list[dict], system_prompt: str, temperature: float, top_p: float, top_k: float,
+                max_new_tokens: float, repetition_penalty: float, seed: float, adapter_choice: str | None = None):
         """Stream the assistant's reply to the history, which ends with the user's message."""
         plain = to_plain(history)
         try:
-            settings = make_settings(t, p, k, n, r, s)
-            pieces = engine.chat_stream(plain, settings, system_prompt)
+            settings = make_settings(temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
+            pieces = engine.chat_stream(plain, settings, system_prompt, adapter=adapter_arg(adapter_choice))
             base = list(history)
             yield [*base, {"role": "assistant", "content": ""}], "*Thinking…*", gr.skip()
             for piece in pieces:
@@ -109,7 +129,7 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
                     yield [*base, {"role": "assistant", "content": piece.text}], note + piece.stats.summary(), gr.skip()
                 else:
                     yield [*base, {"role": "assistant", "content": piece.text}], note + "*Generating…*", gr.skip()
-        except (ChatError, ConfigError) as exc:
+        except (ChatError, ConfigError, AdapterError) as exc:
             # The request cannot be served as given: take the user's message back out of the chat and put it
             # back in the textbox, so nothing typed is lost, and say why.
             gr.Warning(str(exc), duration=8)
@@ -177,20 +197,42 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
         max_new_tokens: int = 256,
         repetition_penalty: float = 1.1,
         seed: int = -1,
+        adapter: str = "",
     ) -> Iterator[str]:
-        """Scripting endpoint: stream the reply text to ``message`` after an optional role/content history."""
+        """Scripting endpoint: stream the reply text to ``message`` after an optional role/content history.
+
+        ``adapter`` names a chat adapter from the library; empty uses the base model.
+        """
         try:
             settings = make_settings(temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
             plain = [*to_plain(history), {"role": "user", "content": message or ""}]
-            for piece in engine.chat_stream(plain, settings, system_prompt):
+            for piece in engine.chat_stream(plain, settings, system_prompt, adapter=adapter_arg(adapter)):
                 yield piece.text
-        except (ChatError, ConfigError) as exc:
+        except (ChatError, ConfigError, AdapterError) as exc:
             raise gr.Error(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001
             raise user_error(exc, "generating a reply") from exc
 
     gr.api(chat, api_name="chat", **stream_kw)
+
+    def switch(choice: str | None) -> str:
+        """Load (first time) and activate the chosen adapter now, so the next reply starts at once."""
+        try:
+            seconds = engine.switch_adapter(adapter_arg(choice))
+        except AdapterError as exc:
+            raise gr.Error(str(exc)) from exc
+        if adapter_arg(choice) is None:
+            return "Using the base model."
+        return f"Using adapter **{choice}** (switched in {seconds * 1000:.0f} ms, base model not reloaded)."
+
+    adapter.input(switch, [adapter], [status], api_name="switch_adapter", **stream_kw)
+    refresh.click(lambda: gr.update(choices=adapter_choices(engine)), None, [adapter], queue=False,
+                  api_visibility="private")
+    compare = build_compare(engine, knobs[:-1], stream_kw)
     return {
+        "adapter": adapter,
+        "adapter_refresh": refresh,
+        **compare,
         "chatbot": chatbot,
         "msg": msg,
         "send": send,
@@ -207,3 +249,55 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
         "repetition_penalty": rep,
         "seed": seed,
     }
+
+
+def build_compare(engine: Engine, knobs: list, stream_kw: dict[str, Any]) -> dict[str, gr.components.Component]:
+    """Compare mode: one prompt answered by the base and by one or two adapters, side by side, streaming."""
+    with gr.Accordion("Compare: base vs fine-tuned, side by side", open=False, elem_id="df-compare"):
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", placeholder="One question, answered by each model", scale=4,
+                                elem_id="df-compare-prompt")
+            first = gr.Dropdown(choices=adapter_choices(engine)[1:], label="Adapter A", scale=2,
+                                allow_custom_value=True, elem_id="df-compare-a")
+            second = gr.Dropdown(choices=adapter_choices(engine)[1:], label="Adapter B (optional)", scale=2,
+                                 allow_custom_value=True,
+                                 elem_id="df-compare-b")
+        with gr.Row():
+            run = gr.Button("Compare", variant="primary", elem_id="df-compare-run")
+            stop = gr.Button("Stop comparing", variant="stop", elem_id="df-compare-stop")
+        with gr.Row(equal_height=True):
+            out_base = gr.Textbox(label="Base model", lines=8, interactive=False, elem_id="df-compare-out-base")
+            out_a = gr.Textbox(label="Adapter A", lines=8, interactive=False, elem_id="df-compare-out-a")
+            out_b = gr.Textbox(label="Adapter B", lines=8, interactive=False, elem_id="df-compare-out-b")
+
+    def run_compare(text: str, a: str | None, b: str | None, system_prompt: str, temperature: float, top_p: float,
+                    top_k: float, max_new_tokens: float, repetition_penalty: float, seed: float):
+        """Answer the same prompt with each model in turn; each column streams while its model generates."""
+        if not text or not text.strip():
+            raise gr.Error("Type a prompt to compare.", duration=5)
+        if not a and not b:
+            raise gr.Error("Pick at least one adapter to compare with the base model.", duration=5)
+        try:
+            settings = make_settings(temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
+            outs = ["", "", ""]
+            for col, name in enumerate([None, a or None, b or None]):
+                if col and name is None:
+                    outs[col] = "(no adapter picked)"
+                    yield tuple(outs)
+                    continue
+                for piece in engine.chat_stream([{"role": "user", "content": text}], settings, system_prompt,
+                                                adapter=name):
+                    outs[col] = piece.text + (f"\n\n— {piece.stats.summary()}" if piece.done and piece.stats else "")
+                    yield tuple(outs)
+        except (ChatError, ConfigError, AdapterError) as exc:
+            raise gr.Error(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise user_error(exc, "comparing models") from exc
+
+    ev = run.click(run_compare, [prompt, first, second, *knobs], [out_base, out_a, out_b], api_name="compare",
+                   **stream_kw)
+    prompt.submit(run_compare, [prompt, first, second, *knobs], [out_base, out_a, out_b], api_visibility="private",
+                  **stream_kw)
+    stop.click(None, None, None, cancels=[ev], queue=False, api_visibility="private")
+    return {"compare_prompt": prompt, "compare_a": first, "compare_b": second, "compare_run": run,
+            "compare_base": out_base, "compare_out_a": out_a, "compare_out_b": out_b}

@@ -38,7 +38,8 @@ def page(page_url: str):  # noqa: ANN201 - playwright Page
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto(page_url, wait_until="networkidle")
+        page.goto(page_url, wait_until="load")
+        page.wait_for_selector("#df-msg textarea", timeout=60_000)
         yield page
         browser.close()
 

@@ -67,3 +67,11 @@ def test_long_conversation_is_truncated_with_a_notice(smollm) -> None:  # noqa: 
     assert last.notice and "oldest" in last.notice
     assert "tokyo" in last.text.lower()
     assert last.stats.prompt_tokens <= 2048 - 32
+
+
+def test_a_gguf_file_spec_loads_and_chats() -> None:
+    from core.models import embedded_gguf_file
+
+    lm = load_causal_lm(str(embedded_gguf_file()))
+    assert lm.source == "gguf" and lm.name == "SmolLM2-135M-Instruct.Q4_1"
+    assert "tokyo" in _answer(lm, "What is the capital of Japan?").lower()

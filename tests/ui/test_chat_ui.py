@@ -97,7 +97,10 @@ class SlowEngine:
     def chat_label(self) -> str:
         return "fake · float32 · cpu"
 
-    def chat_stream(self, history, settings, system_prompt=None) -> Iterator[StreamPiece]:  # noqa: ANN001
+    def chat_adapters(self) -> list:
+        return []
+
+    def chat_stream(self, history, settings, system_prompt=None, adapter=None) -> Iterator[StreamPiece]:  # noqa: ANN001
         with self.lock:
             self.calls += 1
             call = self.calls

@@ -1,0 +1,79 @@
+"""Merge an adapter into its base and save it as safetensors; push an adapter or a merged model to the Hub."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from core import adapters, store
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done; the message says why and what to do."""
+
+
+def merge(name: str) -> Path:
+    """Merge adapter ``name`` into a fresh copy of its base and save it to ``merged/<name>/`` (safetensors).
+
+    A fresh base is loaded, so the model the app is serving is never modified. The folder appears atomically.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    info = adapters.get(name)
+    base_path = info.card.get("base_model_path") or info.base_model
+    if info.task == "classification":
+        labels = info.labels
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, dtype=torch.float32,
+            trust_remote_code=False, use_safetensors=True)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=False,
+                                                    use_safetensors=True)
+    model = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload()
+    # core.train saves the tokenizer (with any chat template it set) beside the adapter; fall back to the base's.
+    has_tokenizer = (info.path / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(info.path if has_tokenizer else base_path)
+    target = store.subdir("merged") / info.name
+    with store.atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(
+            f"# {info.name} (merged)\n\n{info.base_model} with the LoRA adapter `{info.name}` merged in by "
+            "DemoForge. Load it with `AutoModelForCausalLM.from_pretrained(folder)` (or the classification "
+            "class for a classifier).\n", encoding="utf-8")
+    return target
+
+
+def push(name: str, repo_id: str, token: str, merged: bool = False, private: bool = True) -> str:
+    """Upload the adapter (or its merged model) to the Hub repo ``repo_id``; returns the repo URL.
+
+    Raises:
+        ExportError: no token, a malformed repo id, or the Hub cannot be reached (with what to do instead).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not token or not token.strip():
+        raise ExportError("A Hugging Face token with write access is needed: paste one from hf.co/settings/tokens.")
+    if repo_id.count("/") != 1 or not all(part.strip() for part in repo_id.split("/")):
+        raise ExportError(f"Repo id {repo_id!r} must look like 'your-name/model-name'.")
+    folder = merge(name) if merged else adapters.get(name).path
+    api = HfApi(token=token.strip())
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=f"Upload {name} from DemoForge")
+    except HfHubHTTPError as exc:
+        raise ExportError(
+            f"The Hub refused the upload: {exc}. Check the token's write access and the repo id."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - offline shows up as several connection error types
+        raise ExportError(
+            f"Could not reach the Hugging Face Hub ({type(exc).__name__}). This machine may be offline: download "
+            "the adapter as a zip instead and upload it from a connected machine."
+        ) from exc
+    return f"https://huggingface.co/{repo_id}"

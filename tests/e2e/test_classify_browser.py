@@ -1,0 +1,124 @@
+"""End to end in headless Chromium: open the Classify tab, upload a CSV, score it, download the scored CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.config import AppConfig
+from core.engine import Engine
+from tests.helpers import serve
+from tests.ui.test_classify_ui import _make_adapter
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = os.environ.get("DEMOFORGE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SHOTS = os.environ.get("DEMOFORGE_SCREENSHOTS")
+LABELS = ["billing", "bug", "feature_request", "account_access", "how_to"]
+SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "data" / "ticket_triage_test.csv"
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("e2e-classify-home")
+    shared_models = Path(os.environ["DEMOFORGE_HOME"]) / "models"
+    if shared_models.is_dir():
+        (home / "models").symlink_to(shared_models, target_is_directory=True)
+    old = os.environ["DEMOFORGE_HOME"]
+    os.environ["DEMOFORGE_HOME"] = str(home)
+    _make_adapter(home / "adapters" / "ticket-lora")  # for 'Use in Classify'
+    try:
+        with serve(Engine(AppConfig())) as url:
+            yield url
+    finally:
+        os.environ["DEMOFORGE_HOME"] = old
+
+
+def test_upload_score_and_download_the_scored_csv(app_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with SAMPLE.open(encoding="utf-8", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"]][:12]
+    rows.append({"text": "=HYPERLINK(\"http://example.com\")", "label": "bug"})
+    upload = tmp_path / "tickets.csv"
+    with upload.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+        page.goto(app_url, wait_until="load")
+        page.wait_for_selector("#df-msg textarea", timeout=60_000)
+        page.get_by_role("tab", name="Classify").click()
+
+        # One text: probabilities, then the word highlights, then a line naming the method and the latency.
+        page.locator("#df-cls-text textarea").fill("I forgot my password and cannot log in to my account")
+        page.locator("#df-cls-run").click()
+        page.wait_for_function("() => document.querySelector('#df-cls-info').innerText.includes('explanation')",
+                               timeout=60_000)
+        assert "account_access" in page.locator("#df-cls-label").inner_text()
+        assert "zero-shot" in page.locator("#df-cls-info").inner_text()
+        assert "password" in page.locator("#df-cls-explain").inner_text()
+
+        page.locator("#df-cls-upload input[type=file]").set_input_files(str(upload))
+        # The column pickers fill in with guesses once the file is read.
+        page.wait_for_function("() => document.querySelector('#df-cls-textcol input')?.value === 'text'",
+                               timeout=30_000)
+        assert page.locator("#df-cls-labelcol input").input_value() == "label"
+        page.locator("#df-cls-score").click()
+        page.wait_for_function("() => document.querySelector('#df-cls-metrics').innerText.includes('Accuracy')",
+                               timeout=60_000)
+        assert f"Scored {len(rows)} rows" in page.locator("#df-cls-metrics").inner_text()
+        page.locator("#df-cls-confusion").wait_for(state="visible", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#df-cls-table').innerText.includes('corrected_label')",
+                               timeout=30_000)
+        if SHOTS:
+            page.screenshot(path=str(Path(SHOTS) / "screenshot-classify.png"), full_page=True)
+
+        link = page.locator("#df-cls-download a").first
+        link.wait_for(timeout=30_000)
+        with page.expect_download(timeout=30_000) as info:
+            link.click()
+        target = tmp_path / "downloaded.csv"
+        info.value.save_as(target)
+        browser.close()
+
+    with target.open(encoding="utf-8", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert len(got) == len(rows)
+    assert [r["text"] for r in got[:-1]] == [r["text"] for r in rows[:-1]]
+    assert got[-1]["text"] == "'" + rows[-1]["text"]  # formula escaped
+    for r in got:
+        assert r["predicted_label"] in LABELS
+        assert sum(float(r[f"p_{x}"]) for x in LABELS) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_use_in_classify_from_the_library(app_url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app_url, wait_until="load")
+        page.wait_for_selector("#df-msg textarea", timeout=60_000)
+        page.get_by_role("tab", name="Adapters").click()
+        page.wait_for_function("() => document.querySelector('#df-lib-pick input')?.value === 'ticket-lora'",
+                               timeout=30_000)
+        page.locator("#df-lib-use-classify").click()
+        # The Classify tab opens with the fine-tuned method and the adapter picked.
+        page.locator("#df-cls-adapter input").wait_for(state="visible", timeout=30_000)
+        assert page.locator("#df-cls-adapter input").input_value() == "ticket-lora"
+        assert page.get_by_role("radio", name="Fine-tuned adapter").is_checked()
+        page.locator("#df-cls-text textarea").fill("The export button crashes the app")
+        page.locator("#df-cls-run").click()
+        page.wait_for_function("() => document.querySelector('#df-cls-info').innerText.includes('explanation')",
+                               timeout=60_000)
+        assert "fine-tuned · ticket-lora" in page.locator("#df-cls-info").inner_text()
+        browser.close()

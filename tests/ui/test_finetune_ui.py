@@ -1,0 +1,123 @@
+"""The Fine-tune tab and adapter library through a real server and gradio_client, on a tiny Llama (fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from core.config import AppConfig
+from core.engine import Engine
+from tests.helpers import serve
+
+pytestmark = pytest.mark.ui
+
+CHAT = "Chat (SFT)"
+# (task, base, columns, adapter name, budget minutes, epochs, lr, max_length, batch, grad_accum, r, alpha, dropout,
+#  eval fraction, schedule, seed)
+FAST = (CHAT, None, "", None, 0, 40.0, 5e-3, 64, 4, 1, 8, 16, 0.0, 0.1, "cosine", 0)
+
+
+def _settings(base: str, name: str, epochs: float = 40.0) -> tuple:
+    s = list(FAST)
+    s[1], s[3], s[5] = base, name, epochs
+    return tuple(s)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    home = tmp_path_factory.mktemp("ft-home")
+    old = os.environ["DEMOFORGE_HOME"]
+    os.environ["DEMOFORGE_HOME"] = str(home)
+    data = home / "toy.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"w{i % 7} w{(i + 1) % 7} good"},
+                          {"role": "assistant", "content": f"r{i % 7} r{(i + 1) % 7} great"}]} for i in range(40)]
+    data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    bad = home / "bad.csv"
+    bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
+    base = str(tiny_models["llama"])
+    config = AppConfig(model=base)
+    try:
+        with serve(Engine(config), config) as url:
+            yield {"url": url, "base": base, "data": data, "bad": bad, "home": home}
+    finally:
+        os.environ["DEMOFORGE_HOME"] = old
+
+
+def _wait(client: Client, until: set[str], timeout: float = 180, min_step: int = 0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = client.predict("", api_name="/training_status")
+        if st["status"] in until and st["step"] >= min_step:
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"run did not reach {until} (step >= {min_step}) in {timeout}s: {st}")
+
+
+def test_bad_upload_gets_the_reports_error_not_a_traceback(server: dict) -> None:
+    client = Client(server["url"], verbose=False)
+    _, report, preview = client.predict(handle_file(str(server["bad"])), CHAT, server["base"], "", 64,
+                                           api_name="/upload_data")
+    assert "cannot be used" in report and "Traceback" not in report
+    assert "foo" in report and "bar" in report  # says which columns it found
+    with pytest.raises(AppError, match="Pick a sample dataset or upload a file first"):
+        Client(server["url"], verbose=False).predict(*_settings(server["base"], "x"), api_name="/start_training")
+
+
+def test_upload_report_train_adapter_appears_and_chats(server: dict) -> None:
+    client = Client(server["url"], verbose=False)
+    _, report, preview = client.predict(handle_file(str(server["data"])), CHAT, server["base"], "", 64,
+                                           api_name="/upload_data")
+    assert "40 kept" in report
+    assert len(preview["data"]) == 20  # the preview table shows the first rows
+    client.predict(*_settings(server["base"], "toy-adapter"), api_name="/start_training")
+    st = _wait(client, {"finished", "failed", "stopped", "time_budget"})
+    assert st["status"] == "finished", st
+    assert st["adapter_name"] == "toy-adapter"
+    train = [p["value"] for p in st["loss_points"] if p["series"] == "train loss"]
+    assert len(train) >= 5 and train[-1] < train[0]
+    assert any(p["series"] == "eval loss" for p in st["loss_points"])
+
+    args = ("w1 w2 good", None, "", 0.0, 1.0, 0, 6, 1.0, -1)
+    tuned = client.predict(*args, "toy-adapter", api_name="/chat")
+    base = client.predict(*args, "", api_name="/chat")
+    assert tuned.strip() and tuned != base
+    assert tuned.split()[0].startswith("r")  # it learned the reply vocabulary
+    switched = client.predict("toy-adapter", api_name="/switch_adapter")
+    assert "base model not reloaded" in switched
+
+    zipped = client.predict("toy-adapter", api_name="/download_adapter")
+    names = zipfile.ZipFile(zipped).namelist()
+    assert "toy-adapter/adapter_model.safetensors" in names and "toy-adapter/adapter_card.json" in names
+
+
+def test_second_start_refused_stop_resume_and_reattach(server: dict) -> None:
+    client = Client(server["url"], verbose=False)
+    client.predict(handle_file(str(server["data"])), CHAT, server["base"], "", 64, api_name="/upload_data")
+    client.predict(*_settings(server["base"], "long-run", epochs=1000.0), api_name="/start_training")
+    first = _wait(client, {"running"}, min_step=3)
+    with pytest.raises(AppError, match="A run is in progress"):
+        client.predict(*_settings(server["base"], "other"), api_name="/start_training")
+
+    # A fresh client (a reopened page, another browser) finds the same live run.
+    other = Client(server["url"], verbose=False)
+    seen = other.predict("", api_name="/training_status")
+    assert seen["run_id"] == first["run_id"] and seen["status"] == "running"
+
+    other.predict(api_name="/stop_training")
+    stopped = _wait(client, {"stopped", "failed"}, timeout=120)
+    assert stopped["status"] == "stopped", stopped
+    assert not (server["home"] / "adapters" / "long-run").exists()  # no adapter that looks finished
+
+    client.predict(first["run_id"], api_name="/resume_training")
+    resumed = _wait(client, {"running"}, min_step=stopped["step"] + 2)
+    assert resumed["run_id"] == first["run_id"]
+    client.predict(api_name="/stop_training")
+    _wait(client, {"stopped", "failed"}, timeout=120)

@@ -1,0 +1,364 @@
+"""LoRA training engine on tiny models: config validation, loss meaning, weights that move, adapters that reload,
+stop/resume, time budget and a real 2-process torchrun run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from core.config import ConfigError, LoraSettings, TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def write_sft(path: Path, repeats: int = 4) -> Path:
+    """A learnable toy chat set: user 'w<i>' -> assistant 'r<i> r<i+1>'."""
+    rows = [{"prompt": f"w{i}", "response": f"r{i} r{(i + 1) % 20}"} for i in range(20)] * repeats
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def write_cls(path: Path, n: int = 160) -> Path:
+    """Sentiment-like rows: a positive or a negative word among fillers decides the label."""
+    import random
+
+    rng = random.Random(0)
+    pos, neg, filler = ["good", "great", "fine"], ["bad", "awful", "poor"], ["the", "movie", "was", "a", "film",
+                                                                                "story", "really", "very", "plot"]
+    lines = ["text,label"]
+    for i in range(n):
+        label = "positive" if i % 2 else "negative"
+        words = rng.sample(filler, 4) + [rng.choice(pos if i % 2 else neg)]
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)},{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def sft_cfg(tiny_models: dict[str, Path], data: Path, **kw: object) -> TrainConfig:
+    base = dict(data_path=str(data), adapter_name="toy-sft", base_model=str(tiny_models["llama"]), max_steps=40,
+                lr=3e-2, batch_size=4, max_length=64, eval_fraction=0.1, warmup_ratio=0.0, precision="fp32",
+                lora=LoraSettings(r=16, alpha=32, dropout=0.0))
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def worker_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = run_dir / "events.jsonl"
+        if path.is_file() and any(e["type"] == "step" and e["step"] >= step for e in read_events(run_dir)):
+            return
+        assert proc.poll() is None, f"worker exited early: {proc.returncode}"
+        time.sleep(0.01)
+    raise AssertionError(f"no step {step} within {timeout}s")
+
+
+# --- config ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"lr": -1e-4}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_length": 8}, "max_length"),
+        ({"eval_fraction": 0.5}, "eval_fraction"),
+        ({"eval_fraction": -0.1}, "eval_fraction"),
+        ({"grad_accum": 0}, "grad_accum"),
+        ({"epochs": 0}, "epochs"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"task": "regression"}, "task"),
+        ({"scheduler": "step"}, "scheduler"),
+        ({"precision": "fp16"}, "precision"),
+        ({"time_budget_minutes": 0}, "time_budget_minutes"),
+        ({"warmup_ratio": 0.9}, "warmup_ratio"),
+        ({"lora": {"r": 0}}, "lora.r"),
+        ({"lora": {"dropout": 1.5}}, "lora.dropout"),
+    ],
+)
+def test_config_rejects_impossible_values(override: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        TrainConfig(data_path="d.csv", adapter_name="a", **override)
+
+
+def test_config_yaml_roundtrip_and_example(tmp_path: Path) -> None:
+    cfg = TrainConfig(data_path="d.jsonl", adapter_name="a", task="classification", lora=LoraSettings(r=4, alpha=8))
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    assert TrainConfig.from_yaml(path) == cfg
+    example = TrainConfig.from_yaml(REPO / "assets" / "train_example.yaml")
+    assert example.lora.target_modules == "all-linear"
+    path.write_text(yaml.safe_dump({"data_path": "d", "adapter_name": "a", "learning_rate": 1e-3}))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainConfig.from_yaml(path)
+
+
+# --- loss meaning ----------------------------------------------------------------------------------------------------
+
+
+def test_sft_loss_matches_hf_shifted_loss_and_packing(tiny_models: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from core import train_loop as tl
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    torch.manual_seed(1)
+    a, b = torch.randint(6, 60, (1, 12)), torch.randint(6, 60, (1, 9))
+    la, lb = a.clone(), b.clone()
+    la[:, :5], lb[:, :4] = -100, -100  # prompt tokens carry no loss
+    with torch.no_grad():
+        hf_a, hf_b = model(input_ids=a, labels=la).loss, model(input_ids=b, labels=lb).loss
+        batch = tl.collate_sft([{"input_ids": a[0].tolist(), "labels": la[0].tolist()}], 0)
+        mine, n = tl.sft_loss_sum(model, batch)
+        assert n == 12 - 5
+        assert torch.allclose(mine / n, hf_a, atol=1e-5)
+        # a and b packed in one row: same per-token losses, no cross-talk between the examples
+        packed = tl.collate_sft([{"input_ids": a[0].tolist() + b[0].tolist(), "labels": la[0].tolist() + lb[0].tolist(),
+                                  "position_ids": list(range(12)) + list(range(9))}], 0)
+        total, n2 = tl.sft_loss_sum(model, packed)
+    assert n2 == 7 + 5
+    assert torch.allclose(total, hf_a * 7 + hf_b * 5, atol=1e-4)
+
+
+# --- weights ---------------------------------------------------------------------------------------------------------
+
+
+def test_steps_move_lora_only_and_adapter_reloads(tiny_models: dict[str, Path], tmp_path: Path,
+                                                  demoforge_home: Path) -> None:
+    from accelerate import Accelerator
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from core import train
+    from core import train_loop as tl
+
+    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), adapter_name="moved")
+    tok = tl.load_tokenizer(str(tiny_models["llama"]))
+    data = tl.load_train_data(cfg, tok)
+    acc = Accelerator(mixed_precision="no")
+    model = tl.build_model(cfg, str(tiny_models["llama"]), None, tok.pad_token_id)
+    base0 = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
+    lora0 = {k: v.clone() for k, v in model.named_parameters() if "lora_" in k}
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params and all("lora_" in k for k, p in model.named_parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=40)
+    model, opt = acc.prepare(model, opt)
+    batches = tl.epoch_batches(data.train_rows, cfg.batch_size, 0, 0, 0, 1, False)
+    losses = [train._step(acc, model, opt, sched, params, batches[i % len(batches):][:1], data.train_rows,
+                          tl.collate_sft, tok.pad_token_id, cfg)[0] for i in range(40)]
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+    now = dict(model.named_parameters())
+    assert all(torch.equal(now[k], v) for k, v in base0.items()), "base weights must stay frozen"
+    assert sum(not torch.equal(now[k], v) for k, v in lora0.items()) == len(lora0), "every LoRA tensor must move"
+
+    out_dir = train.save_adapter(model, tok, cfg, data, str(tiny_models["llama"]), {"steps": 40}, tmp_path)
+    assert out_dir == demoforge_home / "adapters" / "moved"
+    files = {p.name for p in out_dir.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "adapter_card.json", "README.md"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    ids = torch.tensor([data.train_rows[0]["input_ids"]])
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), out_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
+        assert not torch.allclose(base(input_ids=ids).logits, expected, atol=1e-2)
+
+
+def test_grad_accumulation_matches_one_big_batch(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Loss is the mean over all assistant tokens of the window, however it is split into micro-batches."""
+    import copy
+
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from core import train
+    from core import train_loop as tl
+
+    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_length=16)
+    tok = tl.load_tokenizer(str(tiny_models["llama"]))
+    data = tl.load_train_data(cfg, tok)
+    acc = Accelerator(mixed_precision="no", cpu=True)
+    model0 = tl.build_model(cfg, str(tiny_models["llama"]), None, tok.pad_token_id)
+    results = []
+    for window in ([[0, 1, 2, 3]], [[0], [1, 2, 3]]):
+        model = copy.deepcopy(model0)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1.0)
+        sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=10)
+        loss, tokens = train._step(acc, model, opt, sched, params, window, data.train_rows, tl.collate_sft,
+                                   tok.pad_token_id, cfg)
+        results.append((loss, tokens, tl.lora_state(model)))
+    (l1, t1, s1), (l2, t2, s2) = results
+    assert t1 == t2 and abs(l1 - l2) < 1e-5
+    assert all(torch.allclose(s1[k], s2[k], atol=1e-6) for k in s1)
+
+
+# --- full runs in-process --------------------------------------------------------------------------------------------
+
+
+def test_sft_run_events_card_and_reload(tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from core import train
+    from core import train_loop as tl
+
+    run_dir = tmp_path / "run"
+    result = train.run(sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), eval_every=10), run_dir)
+    assert result.status == "finished", result.error
+    events = read_events(run_dir)
+    assert [e["type"] for e in events][0] == "start" and events[-1]["type"] == "end"
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == list(range(1, 41))
+    for key in ("step", "total_steps", "epoch", "loss", "lr", "tokens_per_s", "eta_s", "elapsed_s"):
+        assert key in steps[-1]
+    assert sum(e["loss"] for e in steps[-5:]) < 0.6 * sum(e["loss"] for e in steps[:5])
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [10, 20, 30, 40]
+    assert evals[-1]["metrics"]["eval_loss"] < evals[0]["metrics"]["eval_loss"]
+    assert (run_dir / "train.log").read_text().count("step ") >= 40
+    card = json.loads((result.adapter_dir / "adapter_card.json").read_text())
+    assert card["task"] == "sft" and card["data"]["fingerprint"] and card["demoforge_version"]
+    assert card["metrics"]["best_eval_loss"] == min(e["metrics"]["eval_loss"] for e in evals)
+    assert card["config"]["lora"]["r"] == 16
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]),
+                                         result.adapter_dir)
+    assert tl.state_hash(tl.lora_state(reloaded)) == events[-1]["lora_hash"]
+
+
+def test_classification_run_trains_head_and_labels_in_card(tiny_models: dict[str, Path], tmp_path: Path,
+                                                           demoforge_home: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from core import train
+    from core import train_loop as tl
+
+    cfg = TrainConfig(data_path=str(write_cls(tmp_path / "c.csv")), adapter_name="toy-cls", task="classification",
+                      base_model=str(tiny_models["bert"]), max_steps=120, lr=1e-2, batch_size=16, max_length=32,
+                      eval_fraction=0.2, eval_every=20, precision="fp32", lora=LoraSettings(r=8, alpha=16, dropout=0.0))
+    result = train.run(cfg, tmp_path / "run")
+    assert result.status == "finished", result.error
+    assert result.metrics["best_macro_f1"] >= 0.9, result.metrics  # the shipped adapter is the best one
+    card = json.loads((result.adapter_dir / "adapter_card.json").read_text())
+    assert card["labels"] == ["negative", "positive"]
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert any("classifier" in k for k in weights), sorted(weights)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
+    model = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+    tok = tl.load_tokenizer(str(tiny_models["bert"]))
+    texts = ["the movie was really good", "the film was very awful", "a great story", "poor plot"]
+    with torch.no_grad():
+        pred = model(**tok(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
+    assert [card["labels"][i] for i in pred] == ["positive", "negative", "positive", "negative"]
+
+
+def test_time_budget_stops_early_and_keeps_adapter(tiny_models: dict[str, Path], tmp_path: Path,
+                                                   demoforge_home: Path) -> None:
+    from core import train
+
+    # also exercises the bf16-autocast ('auto' on this CPU) and gradient-checkpointing paths
+    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=100_000, time_budget_minutes=0.06,
+                  precision="auto", gradient_checkpointing=True)
+    t0 = time.monotonic()
+    result = train.run(cfg, tmp_path / "run")
+    took = time.monotonic() - t0
+    assert result.status in ("time_budget", "finished"), result.error
+    assert result.metrics["total_steps"] < 100_000 and took < 0.06 * 60 + 3, (took, result.metrics)
+    assert result.adapter_dir is not None and (result.adapter_dir / "adapter_card.json").is_file()
+
+
+def test_qlora_on_cpu_fails_clearly(tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path) -> None:
+    from core import train
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    result = train.run(sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), qlora=True), tmp_path / "run")
+    assert result.status == "failed" and "CUDA" in (result.error or "")
+    assert read_events(tmp_path / "run")[-1]["status"] == "failed"
+
+
+# --- worker processes ------------------------------------------------------------------------------------------------
+
+
+def test_sigterm_stops_then_resume_ends_at_planned_steps(tiny_models: dict[str, Path], tmp_path: Path,
+                                                         demoforge_home: Path) -> None:
+    total = 150
+    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=total, eval_every=50, adapter_name="sr")
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg.to_yaml(cfg_path)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "core.train", str(cfg_path), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for_step(run_dir, proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    events = read_events(run_dir)
+    end = events[-1]
+    assert end["type"] == "end" and end["status"] == "stopped", end
+    k = end["step"]
+    assert 3 <= k < total, k
+    assert (run_dir / "checkpoint" / "adapter_model.safetensors").is_file()
+    assert not (demoforge_home / "adapters" / "sr").exists(), "a stopped run must not publish an adapter"
+
+    res = subprocess.run([sys.executable, "-m", "core.train", "--resume", str(run_dir)], cwd=REPO, env=worker_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    events = read_events(run_dir)
+    steps = [e["step"] for e in events if e["type"] == "step"]
+    assert steps == list(range(1, total + 1)), "each step exactly once across stop and resume"
+    starts = [e for e in events if e["type"] == "start"]
+    assert starts[-1]["resumed_from_step"] == k and starts[-1]["total_steps"] == total
+    assert events[-1]["status"] == "finished" and events[-1]["step"] == total
+    assert (demoforge_home / "adapters" / "sr" / "adapter_card.json").is_file()
+
+
+def test_torchrun_two_cpu_ranks_stay_in_sync(tiny_models: dict[str, Path], tmp_path: Path,
+                                             demoforge_home: Path) -> None:
+    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl", repeats=8), max_steps=12, eval_every=6,
+                  adapter_name="ddp", lora=LoraSettings(r=8, alpha=16, dropout=0.1))
+    cfg.to_yaml(tmp_path / "cfg.yaml")
+    run_dir = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "core.train",
+                          str(tmp_path / "cfg.yaml"), "--run-dir", str(run_dir)], cwd=REPO, env=worker_env(),
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    events = read_events(run_dir)
+    assert events[0]["world_size"] == 2 and events[-1]["status"] == "finished"
+    assert [e["step"] for e in events if e["type"] == "step"] == list(range(1, 13)), "only rank 0 writes events"
+    hashes = {}
+    for line in res.stdout.splitlines():
+        if "lora_sha256" in line:
+            rank = line.split("]")[0].split()[-1]
+            hashes[rank] = line.split()[-1]
+    assert set(hashes) == {"0/2", "1/2"} and len(set(hashes.values())) == 1, res.stdout
+    assert hashes["0/2"] == events[-1]["lora_hash"]
+    assert [p.name for p in (demoforge_home / "adapters").iterdir()] == ["ddp"]
