@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from accelerate.state import AcceleratorState
+
 import core
 from core import store
 from core import train_loop as tl
@@ -108,6 +110,9 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, stop: StopFlag | 
     t_start = time.monotonic()
     stop = stop or StopFlag()
     # cpu=True without CUDA: accelerate then reads torchrun's env (LOCAL_RANK, WORLD_SIZE) as MULTI_CPU over gloo.
+    # AcceleratorState is a process-wide singleton: a second run in the same process (tests, a notebook) with
+    # another precision must start from a clean one. The distributed PartialState (process group) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=tl.pick_mixed_precision(cfg.precision), cpu=not torch.cuda.is_available())
     main_proc, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     events = EventLog(run_dir, enabled=main_proc)
