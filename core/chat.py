@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 
 import torch
@@ -185,11 +187,15 @@ def stream_reply(
     settings: GenerationSettings,
     system_prompt: str | None = None,
     stop: threading.Event | None = None,
+    executor: Executor | None = None,
+    min_interval_s: float = 0.0,
 ) -> Iterator[StreamPiece]:
     """Stream the assistant's reply to ``history`` (plain role/content dicts ending with a user message).
 
     Yields the reply so far after each decoded piece; the last piece has ``done=True`` and ``stats``.
-    Closing the generator (a UI stop) or setting ``stop`` ends the generate thread within one token step.
+    Closing the generator (a UI stop) or setting ``stop`` ends generation within one token step.
+    ``executor`` runs generate() (the engine passes its single model thread); else a new thread does.
+    ``min_interval_s`` coalesces pieces that arrive faster than that, so a UI is not re-rendered per token.
     """
     messages = normalise_messages(history, system_prompt)
     tokenizer, model = loaded.tokenizer, loaded.model
@@ -218,25 +224,42 @@ def stream_reply(
             errors.append(exc)
             streamer.end()
 
-    thread = threading.Thread(target=_generate, name="demoforge-generate", daemon=True)
-    thread.start()
+    if executor is not None:
+        job: Future | threading.Thread = executor.submit(_generate)
+    else:
+        job = threading.Thread(target=_generate, name="demoforge-generate", daemon=True)
+        job.start()
+
+    def running() -> bool:
+        return not job.done() if isinstance(job, Future) else job.is_alive()
+
+    def wait(timeout: float | None = None) -> None:
+        if isinstance(job, Future):
+            futures_wait([job], timeout=timeout)
+        else:
+            job.join(timeout)
+
     text = ""
     try:
         if plan.notice:
             yield StreamPiece(text="", notice=plan.notice)
+        last = 0.0
         for piece in streamer:
             if piece:
                 text += piece
-                yield StreamPiece(text=text, notice=plan.notice)
-        thread.join()
+                now = time.perf_counter()
+                if now - last >= min_interval_s:
+                    last = now
+                    yield StreamPiece(text=text, notice=plan.notice)
+        wait()
         if errors:
             raise errors[0]
     finally:
-        # Reached on normal end, on an exception, and on generator close (UI stop): end the thread either way.
-        if thread.is_alive():
+        # Reached on normal end, on an exception, and on generator close (UI stop): end generation either way.
+        if running():
             stop.set()
             stats.stopped = True
-            thread.join(timeout=30)
+            wait(timeout=30)
     stats.stopped = stats.stopped or stop.is_set()
     stats.total_s = time.perf_counter() - start
     yield StreamPiece(text=text, stats=stats, notice=plan.notice, done=True)

@@ -68,24 +68,32 @@ def _plain_generate() -> dict:
 
 
 def _core_chat() -> dict:
-    """(b) core.chat.stream_reply on the auto-chosen precision."""
-    from core.chat import stream_reply
-    from core.config import GenerationSettings
-    from core.models import load_causal_lm
+    """(b) the engine's chat path (core.chat.stream_reply on the model thread) at the auto-chosen precision."""
+    from core.config import AppConfig, GenerationSettings
+    from core.engine import Engine
 
-    lm = load_causal_lm("default")
+    engine = Engine(AppConfig())
+    lm = engine.chat_model()
     lm.model.generation_config.eos_token_id = None  # decode exactly NEW_TOKENS, like (a)
     settings = GenerationSettings(temperature=0.0, max_new_tokens=NEW_TOKENS, repetition_penalty=1.0)
     history = [{"role": "user", "content": PROMPT}]
-    list(stream_reply(lm, history, GenerationSettings(temperature=0.0, max_new_tokens=8), SYSTEM))  # warm-up
+    list(engine.chat_stream(history, GenerationSettings(temperature=0.0, max_new_tokens=8), SYSTEM))  # warm-up
     ttft, decode = [], []
     for _ in range(REPEATS):
-        *_, last = stream_reply(lm, history, settings, SYSTEM)
+        *_, last = engine.chat_stream(history, settings, SYSTEM)
         assert last.stats.new_tokens == NEW_TOKENS, last.stats
         ttft.append(last.stats.first_token_s)
         decode.append(last.stats.decode_tokens_per_s)
     return {"prompt_tokens": last.stats.prompt_tokens, "dtype": lm.dtype, "ttft_s": statistics.median(ttft),
             "decode_tok_s": statistics.median(decode)}
+
+
+def _part(name: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--part", name], cwd=ROOT, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"part {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def _serve(port: int) -> None:
@@ -175,13 +183,19 @@ def _cold_start() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["a", "b"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve)
         return
+    if args.part:
+        print("RESULT " + json.dumps(_plain_generate() if args.part == "a" else _core_chat()))
+        return
     import torch
 
-    a, b = _plain_generate(), _core_chat()
+    # (a) and (b) each in a fresh process: torch's OpenMP pools are per thread, and a process whose main thread
+    # has computed already would handicap a later path that computes on another thread (see core/engine.py).
+    a, b = _part("a"), _part("b")
     c = _through_app()
     cold = _cold_start()
     result = {
