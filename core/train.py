@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from accelerate.state import AcceleratorState
 
 import core

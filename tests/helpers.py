@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from core.config import AppConfig
 from demo import build_app, launch_options
@@ -27,3 +29,39 @@ def serve(engine, config: AppConfig | None = None) -> Iterator[str]:  # noqa: AN
         yield app.local_url
     finally:
         app.close()
+
+
+CHROMIUM = os.environ.get("DEMOFORGE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@contextmanager
+def isolated_home(root: Path) -> Iterator[Path]:
+    """Point DEMOFORGE_HOME at ``root`` (no runs or adapters from other tests) for the block; the converted
+    SmolLM2 of the session's home is reused through a link, so it is not converted again."""
+    shared_models = Path(os.environ["DEMOFORGE_HOME"]) / "models"
+    if shared_models.is_dir() and not (root / "models").exists():
+        (root / "models").symlink_to(shared_models, target_is_directory=True)
+    old = os.environ["DEMOFORGE_HOME"]
+    os.environ["DEMOFORGE_HOME"] = str(root)
+    try:
+        yield root
+    finally:
+        os.environ["DEMOFORGE_HOME"] = old
+
+
+@contextmanager
+def browser_page(url: str, width: int = 1280, height: int = 1000):  # noqa: ANN201 - a playwright Page
+    """Debian's Chromium driven by Playwright, on ``url`` once the app has rendered (never `playwright install`)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            # Not "networkidle": the Fine-tune tab polls its run every second.
+            page.goto(url, wait_until="load")
+            page.wait_for_selector("#df-msg textarea", timeout=60_000)
+            yield page
+        finally:
+            browser.close()

@@ -201,11 +201,13 @@ def main() -> None:
     result = {
         "threads": torch.get_num_threads(), "new_tokens": NEW_TOKENS, "a_plain_generate_fp32": a,
         "b_core_chat": b, "c_app_gradio_client": c, "cold_start": cold,
-        "b_over_a_decode": b["decode_tok_s"] / a["decode_tok_s"], "c_over_b_decode": c["decode_tok_s"] / b["decode_tok_s"],
+        "b_over_a_decode": b["decode_tok_s"] / a["decode_tok_s"],
+        "c_over_b_decode": c["decode_tok_s"] / b["decode_tok_s"],
         "b_over_a_ttft": b["ttft_s"] / a["ttft_s"], "c_over_b_ttft": c["ttft_s"] / b["ttft_s"],
     }
     print(f"| path | precision | decode tok/s | time to first token | ratio |\n|---|---|---|---|---|\n"
-          f"| (a) plain generate() | {a['dtype']} | {a['decode_tok_s']:.1f} | {a['ttft_s'] * 1000:.0f} ms | baseline |\n"
+          f"| (a) plain generate() | {a['dtype']} | {a['decode_tok_s']:.1f} | {a['ttft_s'] * 1000:.0f} ms | "
+          "baseline |\n"
           f"| (b) core.chat | {b['dtype']} | {b['decode_tok_s']:.1f} | {b['ttft_s'] * 1000:.0f} ms | "
           f"(b)/(a) = {result['b_over_a_decode']:.2f} |\n"
           f"| (c) app via gradio_client | {b['dtype']} | {c['decode_tok_s']:.1f} | {c['ttft_s'] * 1000:.0f} ms | "

@@ -56,8 +56,11 @@ def main() -> None:
         client = Client(url, verbose=False)
         client.predict(SAMPLE, api_name="/pick_sample")
         # task, base, columns, name, budget, epochs, lr, max_length, batch, accum, r, alpha, dropout, eval, sched, seed
-        settings = ("Chat (SFT)", "default", "", "acme-support", args.budget, 3, 2e-4, 256, 8, 1, 16, 32, 0.05, 0.1,
-                    "cosine", 42)
+        from demo.finetune_tab import DEFAULTS
+
+        d = DEFAULTS["sft"]  # what the tab shows for a chat run
+        settings = ("Chat (SFT)", "default", "", "acme-support", args.budget, d["epochs"], d["lr"], d["max_length"],
+                    d["batch_size"], 1, 16, 32, 0.05, 0.1, "cosine", 42)
         start = time.perf_counter()
         client.predict(*settings, api_name="/start_training")
         status = {}

@@ -77,7 +77,7 @@ def run_trainer(steps: int, batch: int, home: str) -> dict:
         return out
 
     args = TrainingArguments(output_dir=str(Path(home) / "trainer"), per_device_train_batch_size=batch,
-                             max_steps=steps, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_ratio=0.05,
+                             max_steps=steps, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=1,
                              logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=True,
                              dataloader_num_workers=0, remove_unused_columns=False)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=counting)

@@ -12,12 +12,10 @@ import pytest
 
 from core.config import AppConfig, DemoProfile
 from core.engine import Engine
-from tests.helpers import serve
+from tests.helpers import CHROMIUM, browser_page, serve
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = os.environ.get("DEMOFORGE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # Set DEMOFORGE_SCREENSHOTS=assets to refresh the README's screenshots from this test.
 SHOTS = os.environ.get("DEMOFORGE_SCREENSHOTS")
 
@@ -33,15 +31,8 @@ def page_url() -> Iterator[str]:
 
 @pytest.fixture
 def page(page_url: str):  # noqa: ANN201 - playwright Page
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto(page_url, wait_until="load")
-        page.wait_for_selector("#df-msg textarea", timeout=60_000)
+    with browser_page(page_url, 1200, 900) as page:
         yield page
-        browser.close()
 
 
 def _bot_text(page) -> str:  # noqa: ANN001

@@ -11,13 +11,11 @@ import pytest
 
 from core.config import AppConfig
 from core.engine import Engine
-from tests.helpers import serve
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, isolated_home, serve
 from tests.ui.test_classify_ui import _make_adapter
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = os.environ.get("DEMOFORGE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOTS = os.environ.get("DEMOFORGE_SCREENSHOTS")
 LABELS = ["billing", "bug", "feature_request", "account_access", "how_to"]
 SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "data" / "ticket_triage_test.csv"
@@ -26,17 +24,10 @@ SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "data" / "ticket_triag
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("e2e-classify-home")
-    shared_models = Path(os.environ["DEMOFORGE_HOME"]) / "models"
-    if shared_models.is_dir():
-        (home / "models").symlink_to(shared_models, target_is_directory=True)
-    old = os.environ["DEMOFORGE_HOME"]
-    os.environ["DEMOFORGE_HOME"] = str(home)
-    _make_adapter(home / "adapters" / "ticket-lora")  # for 'Use in Classify'
-    try:
+    with isolated_home(home):
+        _make_adapter(home / "adapters" / "ticket-lora")  # for 'Use in Classify'
         with serve(Engine(AppConfig())) as url:
             yield url
-    finally:
-        os.environ["DEMOFORGE_HOME"] = old
 
 
 def test_upload_score_and_download_the_scored_csv(app_url: str, tmp_path: Path) -> None:

@@ -12,12 +12,10 @@ import pytest
 
 from core.config import AppConfig
 from core.engine import Engine
-from tests.helpers import serve
+from tests.helpers import browser_page, isolated_home, serve
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = os.environ.get("DEMOFORGE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SHOTS = os.environ.get("DEMOFORGE_SCREENSHOTS")
 BUDGET_MINUTES = "1"
 
@@ -26,26 +24,12 @@ BUDGET_MINUTES = "1"
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # A home of its own: no adapters or runs from other tests; the converted SmolLM2 is reused via a link.
     home = tmp_path_factory.mktemp("e2e-home")
-    shared_models = Path(os.environ["DEMOFORGE_HOME"]) / "models"
-    if shared_models.is_dir():
-        (home / "models").symlink_to(shared_models, target_is_directory=True)
-    old = os.environ["DEMOFORGE_HOME"]
-    os.environ["DEMOFORGE_HOME"] = str(home)
-    try:
-        with serve(Engine(AppConfig())) as url:
-            yield url
-    finally:
-        os.environ["DEMOFORGE_HOME"] = old
+    with isolated_home(home), serve(Engine(AppConfig())) as url:
+        yield url
 
 
 def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(app_url, wait_until="load")
-        page.wait_for_selector("#df-msg textarea", timeout=60_000)
+    with browser_page(app_url) as page:
         page.get_by_role("tab", name="Fine-tune").click()
 
         # Pick the bundled chat sample: the validation report and preview appear before anything trains.
@@ -100,4 +84,3 @@ def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
         if SHOTS:
             page.locator("#df-compare").scroll_into_view_if_needed()
             page.screenshot(path=str(Path(SHOTS) / "screenshot-compare.png"), full_page=True)
-        browser.close()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +16,7 @@ from gradio_client.exceptions import AppError
 from core.config import AppConfig
 from core.engine import Engine
 from demo.classify_tab import DEFAULT_LABELS, TABLE_COLUMNS
-from tests.helpers import serve
+from tests.helpers import isolated_home, serve
 
 pytestmark = pytest.mark.ui
 
@@ -51,11 +51,8 @@ def _make_adapter(folder: Path) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     # A home of its own (no runs or adapters from other tests); the converted SmolLM2 is reused via a link.
     home = tmp_path_factory.mktemp("classify-home")
-    shared_models = Path(os.environ["DEMOFORGE_HOME"]) / "models"
-    if shared_models.is_dir():
-        (home / "models").symlink_to(shared_models, target_is_directory=True)
-    old = os.environ["DEMOFORGE_HOME"]
-    os.environ["DEMOFORGE_HOME"] = str(home)
+    stack = contextlib.ExitStack()
+    stack.enter_context(isolated_home(home))
     files = tmp_path_factory.mktemp("classify-files")
     _make_adapter(home / "adapters" / "ticket-lora")
     assert len(LONG.split()) == 5000
@@ -68,11 +65,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         writer.writerows(rows)
     (files / "latin1.csv").write_bytes("text,label\nCaf\xe9 au lait,billing\n".encode("latin-1"))
     engine = Engine(AppConfig())
-    try:
-        with serve(engine) as url:
-            yield {"url": url, "engine": engine, "home": home, "scored": scored, "rows": rows, "files": files}
-    finally:
-        os.environ["DEMOFORGE_HOME"] = old
+    with stack, serve(engine) as url:
+        yield {"url": url, "engine": engine, "home": home, "scored": scored, "rows": rows, "files": files}
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import zipfile
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from gradio_client.exceptions import AppError
 
 from core.config import AppConfig
 from core.engine import Engine
-from tests.helpers import serve
+from tests.helpers import isolated_home, serve
 
 pytestmark = pytest.mark.ui
 
@@ -34,8 +33,6 @@ def _settings(base: str, name: str, epochs: float = 40.0) -> tuple:
 @pytest.fixture(scope="module")
 def server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     home = tmp_path_factory.mktemp("ft-home")
-    old = os.environ["DEMOFORGE_HOME"]
-    os.environ["DEMOFORGE_HOME"] = str(home)
     data = home / "toy.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"w{i % 7} w{(i + 1) % 7} good"},
                           {"role": "assistant", "content": f"r{i % 7} r{(i + 1) % 7} great"}]} for i in range(40)]
@@ -44,11 +41,8 @@ def server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
     base = str(tiny_models["llama"])
     config = AppConfig(model=base)
-    try:
-        with serve(Engine(config), config) as url:
-            yield {"url": url, "base": base, "data": data, "bad": bad, "home": home}
-    finally:
-        os.environ["DEMOFORGE_HOME"] = old
+    with isolated_home(home), serve(Engine(config), config) as url:
+        yield {"url": url, "base": base, "data": data, "bad": bad, "home": home}
 
 
 def _wait(client: Client, until: set[str], timeout: float = 180, min_step: int = 0) -> dict:
