@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from core import adapters
@@ -205,7 +204,3 @@ class Engine:
         tokenizer = self._tokenizer(task, base_model)
         return load_data(path, task, mapping=columns or None, tokenizer=tokenizer, max_length=max_length,
                          max_bytes=self.config.max_upload_mb * 1024 * 1024)
-
-    def adapter_path(self, name: str) -> Path:
-        """Folder of a finished adapter."""
-        return adapters.get(name).path
