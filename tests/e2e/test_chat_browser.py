@@ -83,4 +83,5 @@ def test_send_see_streamed_reply_then_stop(page) -> None:  # noqa: ANN001
     page.wait_for_function(
         "() => document.querySelector('#df-status').innerText.includes('tok/s')", timeout=60_000
     )
-    assert "8" in _bot_text(page)
+    reply = _bot_text(page).lower()
+    assert "8" in reply or "eight" in reply, reply
