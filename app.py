@@ -7,13 +7,13 @@ import os
 # Before gradio is imported: no analytics calls from a demo machine (and none possible offline).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import logging
+import sys
+import time
 
-from core.config import AppConfig, ConfigError, DemoProfile, parse_auth  # noqa: E402
-from core.models import ModelError  # noqa: E402
+from core.config import AppConfig, ConfigError, DemoProfile, parse_auth
+from core.models import ModelError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,12 +22,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="app.py", description="DemoForge: show off your own AI model in minutes.")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--model", default=os.environ.get("DEMOFORGE_MODEL", "default"),
-                   help="'default' (embedded SmolLM2), a Hub id, a local folder or a .gguf file")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("DEMOFORGE_MODEL", "default"),
+        help="'default' (embedded SmolLM2), a Hub id, a local folder or a .gguf file",
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--profile", default=os.environ.get("DEMOFORGE_PROFILE", "default"),
-                   help="a demo profile: a name in assets/profiles/ or a YAML path")
+    p.add_argument(
+        "--profile",
+        default=os.environ.get("DEMOFORGE_PROFILE", "default"),
+        help="a demo profile: a name in assets/profiles/ or a YAML path",
+    )
     p.add_argument("--share", action="store_true", help="public Gradio share link (requires --auth)")
     p.add_argument("--auth", default=None, help="user:password (or env DEMOFORGE_AUTH)")
     p.add_argument("--queue-size", type=int, default=16, help="waiting requests before 'busy'")

@@ -11,13 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from core import store
+from core.errors import AdapterError
 
 CARD = "adapter_card.json"
 WEIGHTS = "adapter_model.safetensors"
-
-
-class AdapterError(ValueError):
-    """An adapter operation that cannot be done as asked; the message says why and what to do."""
 
 
 @dataclass

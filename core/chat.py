@@ -15,18 +15,15 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCrit
 from transformers import set_seed as hf_set_seed
 
 from core.config import GenerationSettings
+from core.data.tokenize import ensure_chat_template
+from core.errors import ChatError
 from core.models import LoadedModel
-from core.tokenize import ensure_chat_template
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 
 _ROLES = {"system", "user", "assistant"}
-
-
-class ChatError(ValueError):
-    """A chat request that cannot be served as given; the message says why and what to do."""
 
 
 @dataclass
@@ -158,7 +155,7 @@ class _StopAndTime(StoppingCriteria):
     def __init__(self, stop: threading.Event, stats: ReplyStats, start: float) -> None:
         self.stop, self.stats, self.start = stop, stats, start
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
         # input_ids: (batch, prompt + generated so far)
         self.stats.new_tokens = input_ids.shape[1] - self.stats.prompt_tokens
         if self.stats.first_token_s is None:
@@ -220,7 +217,7 @@ def stream_reply(
                     stopping_criteria=StoppingCriteriaList([_StopAndTime(stop, stats, start)]),
                     **kwargs,
                 )
-        except BaseException as exc:  # surfaced to the caller below; the thread must never die silently
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the caller below; the thread must never die silently
             errors.append(exc)
             streamer.end()
 

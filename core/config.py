@@ -9,14 +9,12 @@ from typing import Any, Literal
 
 import yaml
 
+from core.errors import ConfigError
+
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-
-
-class ConfigError(ValueError):
-    """A config value is out of range or malformed; the message says which field and what is allowed."""
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

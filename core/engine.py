@@ -10,13 +10,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core import adapters
 from core.chat import Message, StreamPiece, stream_reply
 from core.config import AppConfig, GenerationSettings
 from core.data import LoadedData, load_data
-from core.models import DEFAULT_SPECS, LoadedModel, load_causal_lm
+from core.models import LoadedModel, load_causal_lm
+from core.specs import same_base
+
+if TYPE_CHECKING:  # lazily imported at run time: the chat-only path never loads them
+    from core.classify.service import ClassifyService
+    from core.library import Library
+    from core.train.jobs import JobManager
+    from core.train.service import Training
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,12 +41,6 @@ class _OnModelThread:
         if not callable(attr):
             return attr
         return lambda *args, **kwargs: self._run(attr, *args, **kwargs)
-
-
-def same_base(a: str, b: str) -> bool:
-    """True when two model specs name the same base ('default' and its aliases are one model)."""
-    norm = {s: "default" for s in DEFAULT_SPECS}
-    return norm.get(a.strip().lower(), a.strip()) == norm.get(b.strip().lower(), b.strip())
 
 
 class Engine:
@@ -60,7 +61,10 @@ class Engine:
         self._peft = None  # PeftModel wrapping the chat base once the first adapter is attached
         self._load_lock = threading.Lock()
         self._gen_lock = threading.Lock()
-        self._jobs = None
+        self._jobs: JobManager | None = None
+        self._classify: ClassifyService | None = None
+        self._library: Library | None = None
+        self._training: Training | None = None
         self._tokenizers: dict[tuple[str, str], object] = {}
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD)
 
@@ -79,8 +83,9 @@ class Engine:
         if self._chat is None:
             with self._load_lock:
                 if self._chat is None:
-                    self._chat = self.on_model_thread(load_causal_lm, self.config.model, self.config.device,
-                                                      self.config.dtype)
+                    self._chat = self.on_model_thread(
+                        load_causal_lm, self.config.model, self.config.device, self.config.dtype
+                    )
                     log.info("Loaded %s in %.1fs (%s)", self._chat.label, self._chat.load_seconds, self._chat.source)
         return self._chat
 
@@ -109,8 +114,7 @@ class Engine:
             )
         lm = self.chat_model()
         if self._peft is None:
-            self._peft = PeftModel.from_pretrained(lm.model, str(info.path), adapter_name=info.name,
-                                                   is_trainable=False)
+            self._peft = PeftModel.from_pretrained(lm.model, str(info.path), adapter_name=info.name, is_trainable=False)
             self._peft.eval()
         elif info.name not in self._peft.peft_config:
             self._peft.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
@@ -160,30 +164,52 @@ class Engine:
         """Stream a reply from the chat base, or with ``adapter`` applied; see :func:`core.chat.stream_reply`."""
         with self._gen_lock, self._using(adapter) as lm:
             # ~20 updates a second look as smooth as one per token and cost the server far less.
-            yield from stream_reply(lm, history, settings, system_prompt, executor=self._model_thread,
-                                    min_interval_s=0.05)
+            yield from stream_reply(
+                lm, history, settings, system_prompt, executor=self._model_thread, min_interval_s=0.05
+            )
+
+    # --- the doors the UI uses --------------------------------------------------------------------------------------
+
+    @property
+    def library(self) -> Library:
+        """The adapter library: list, rename and delete (which also forget on the chat base), zip, merge, push."""
+        if self._library is None:
+            from core.library import Library
+
+            self._library = Library(self.forget_adapter, self.on_model_thread)
+        return self._library
+
+    @property
+    def training(self) -> Training:
+        """Training runs: samples, validation, start/stop/resume, progress."""
+        if self._training is None:
+            from core.train.service import Training
+
+            self._training = Training(lambda: self.jobs, self.validate_data, self.config.max_upload_mb * 1024 * 1024)
+        return self._training
 
     # --- training --------------------------------------------------------------------------------------------------
 
     @property
-    def jobs(self):  # noqa: ANN201 - core.jobs.JobManager (imported lazily: the chat-only path never needs it)
+    def jobs(self) -> JobManager:
         """The training job manager (created on first use; it finds runs left by an earlier server)."""
         if self._jobs is None:
-            from core.jobs import JobManager
+            from core.train.jobs import JobManager
 
             self._jobs = JobManager()
         return self._jobs
 
     @property
-    def classify(self):  # noqa: ANN201 - core.classify_service.ClassifyService (lazy: torch-heavy imports)
+    def classify(self) -> ClassifyService:
         """The classifiers of the Classify tab (created on first use; models load lazily inside it)."""
-        if getattr(self, "_classify", None) is None:
-            from core.classify_service import ClassifyService
+        if self._classify is None:
+            from core.classify.service import ClassifyService
 
             with self._load_lock:  # two first requests at once must share one service (one encoder load)
-                if getattr(self, "_classify", None) is None:
+                if self._classify is None:
                     service = ClassifyService(self.chat_model, self.config.device, self.config.dtype)
-                    self._classify = _OnModelThread(service, self.on_model_thread)
+                    # A proxy that runs every call on the model thread; it quacks like the service.
+                    self._classify = _OnModelThread(service, self.on_model_thread)  # type: ignore[assignment]
         return self._classify
 
     def _tokenizer(self, task: str, base_model: str):  # noqa: ANN202 - a transformers tokenizer
@@ -193,14 +219,27 @@ class Engine:
             if task == "sft" and same_base(base_model, self.config.model):
                 self._tokenizers[key] = self.chat_model().tokenizer
             else:
-                from core.train_loop import load_tokenizer, resolve_base
+                from core.models import resolve_base
+                from core.train.loop import load_tokenizer
 
                 self._tokenizers[key] = load_tokenizer(resolve_base(base_model, task))
         return self._tokenizers[key]
 
-    def validate_data(self, path: str, task: str, base_model: str = "default", columns: dict[str, str] | None = None,
-                      max_length: int = 256) -> LoadedData:
+    def validate_data(
+        self,
+        path: str,
+        task: str,
+        base_model: str = "default",
+        columns: dict[str, str] | None = None,
+        max_length: int = 256,
+    ) -> LoadedData:
         """Read, validate and tokenise a training file exactly as a run would; raises DataError with a reason."""
         tokenizer = self._tokenizer(task, base_model)
-        return load_data(path, task, mapping=columns or None, tokenizer=tokenizer, max_length=max_length,
-                         max_bytes=self.config.max_upload_mb * 1024 * 1024)
+        return load_data(
+            path,
+            task,
+            mapping=columns or None,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            max_bytes=self.config.max_upload_mb * 1024 * 1024,
+        )

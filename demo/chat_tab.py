@@ -67,9 +67,15 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
     """Build the Chat tab inside the current Blocks context and wire its events; returns its components."""
     with gr.Row(equal_height=True):
         gr.Markdown(f"**Model:** {engine.chat_label()}", elem_id="df-model-info")
-        adapter = gr.Dropdown(choices=adapter_choices(engine), value=BASE, label="Adapter", scale=2,
-                              allow_custom_value=True, elem_id="df-adapter",
-                              info="LoRA adapters from the Fine-tune tab; switching keeps the base loaded.")
+        adapter = gr.Dropdown(
+            choices=adapter_choices(engine),
+            value=BASE,
+            label="Adapter",
+            scale=2,
+            allow_custom_value=True,
+            elem_id="df-adapter",
+            info="LoRA adapters from the Fine-tune tab; switching keeps the base loaded.",
+        )
         refresh = gr.Button("⟳", size="sm", scale=0, min_width=40, elem_id="df-adapter-refresh")
     chatbot = gr.Chatbot(
         label="Chat",
@@ -114,8 +120,17 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
             raise gr.Error("The message is empty: type something, then press Send.", duration=5)
         return [*history, {"role": "user", "content": message}], ""
 
-    def respond(history: list[dict], system_prompt: str, temperature: float, top_p: float, top_k: float,
-                max_new_tokens: float, repetition_penalty: float, seed: float, adapter_choice: str | None = None):
+    def respond(
+        history: list[dict],
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        max_new_tokens: float,
+        repetition_penalty: float,
+        seed: float,
+        adapter_choice: str | None = None,
+    ):
         """Stream the assistant's reply to the history, which ends with the user's message."""
         plain = to_plain(history)
         try:
@@ -136,7 +151,7 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
             last = plain[-1]["content"] if plain and plain[-1]["role"] == "user" else gr.skip()
             kept = history[:-1] if plain and plain[-1]["role"] == "user" else history
             yield kept, f"⚠️ {exc}", last
-        except Exception as exc:  # noqa: BLE001 - any model failure must leave the server serving
+        except Exception as exc:
             raise user_error(exc, "generating a reply") from exc
 
     def drop_reply(history: list[dict]) -> list[dict]:
@@ -210,7 +225,7 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
                 yield piece.text
         except (ChatError, ConfigError, AdapterError) as exc:
             raise gr.Error(str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise user_error(exc, "generating a reply") from exc
 
     gr.api(chat, api_name="chat", **stream_kw)
@@ -226,8 +241,9 @@ def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -
         return f"Using adapter **{choice}** (switched in {seconds * 1000:.0f} ms, base model not reloaded)."
 
     adapter.input(switch, [adapter], [status], api_name="switch_adapter", **stream_kw)
-    refresh.click(lambda: gr.update(choices=adapter_choices(engine)), None, [adapter], queue=False,
-                  api_visibility="private")
+    refresh.click(
+        lambda: gr.update(choices=adapter_choices(engine)), None, [adapter], queue=False, api_visibility="private"
+    )
     compare = build_compare(engine, knobs[:-1], stream_kw)
     return {
         "adapter": adapter,
@@ -255,13 +271,23 @@ def build_compare(engine: Engine, knobs: list, stream_kw: dict[str, Any]) -> dic
     """Compare mode: one prompt answered by the base and by one or two adapters, side by side, streaming."""
     with gr.Accordion("Compare: base vs fine-tuned, side by side", open=False, elem_id="df-compare"):
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt", placeholder="One question, answered by each model", scale=4,
-                                elem_id="df-compare-prompt")
-            first = gr.Dropdown(choices=adapter_choices(engine)[1:], label="Adapter A", scale=2,
-                                allow_custom_value=True, elem_id="df-compare-a")
-            second = gr.Dropdown(choices=adapter_choices(engine)[1:], label="Adapter B (optional)", scale=2,
-                                 allow_custom_value=True,
-                                 elem_id="df-compare-b")
+            prompt = gr.Textbox(
+                label="Prompt", placeholder="One question, answered by each model", scale=4, elem_id="df-compare-prompt"
+            )
+            first = gr.Dropdown(
+                choices=adapter_choices(engine)[1:],
+                label="Adapter A",
+                scale=2,
+                allow_custom_value=True,
+                elem_id="df-compare-a",
+            )
+            second = gr.Dropdown(
+                choices=adapter_choices(engine)[1:],
+                label="Adapter B (optional)",
+                scale=2,
+                allow_custom_value=True,
+                elem_id="df-compare-b",
+            )
         with gr.Row():
             run = gr.Button("Compare", variant="primary", elem_id="df-compare-run")
             stop = gr.Button("Stop comparing", variant="stop", elem_id="df-compare-stop")
@@ -270,8 +296,18 @@ def build_compare(engine: Engine, knobs: list, stream_kw: dict[str, Any]) -> dic
             out_a = gr.Textbox(label="Adapter A", lines=8, interactive=False, elem_id="df-compare-out-a")
             out_b = gr.Textbox(label="Adapter B", lines=8, interactive=False, elem_id="df-compare-out-b")
 
-    def run_compare(text: str, a: str | None, b: str | None, system_prompt: str, temperature: float, top_p: float,
-                    top_k: float, max_new_tokens: float, repetition_penalty: float, seed: float):
+    def run_compare(
+        text: str,
+        a: str | None,
+        b: str | None,
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        top_k: float,
+        max_new_tokens: float,
+        repetition_penalty: float,
+        seed: float,
+    ):
         """Answer the same prompt with each model in turn; each column streams while its model generates."""
         if not text or not text.strip():
             raise gr.Error("Type a prompt to compare.", duration=5)
@@ -285,19 +321,29 @@ def build_compare(engine: Engine, knobs: list, stream_kw: dict[str, Any]) -> dic
                     outs[col] = "(no adapter picked)"
                     yield tuple(outs)
                     continue
-                for piece in engine.chat_stream([{"role": "user", "content": text}], settings, system_prompt,
-                                                adapter=name):
+                for piece in engine.chat_stream(
+                    [{"role": "user", "content": text}], settings, system_prompt, adapter=name
+                ):
                     outs[col] = piece.text + (f"\n\n— {piece.stats.summary()}" if piece.done and piece.stats else "")
                     yield tuple(outs)
         except (ChatError, ConfigError, AdapterError) as exc:
             raise gr.Error(str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise user_error(exc, "comparing models") from exc
 
-    ev = run.click(run_compare, [prompt, first, second, *knobs], [out_base, out_a, out_b], api_name="compare",
-                   **stream_kw)
-    prompt.submit(run_compare, [prompt, first, second, *knobs], [out_base, out_a, out_b], api_visibility="private",
-                  **stream_kw)
+    ev = run.click(
+        run_compare, [prompt, first, second, *knobs], [out_base, out_a, out_b], api_name="compare", **stream_kw
+    )
+    prompt.submit(
+        run_compare, [prompt, first, second, *knobs], [out_base, out_a, out_b], api_visibility="private", **stream_kw
+    )
     stop.click(None, None, None, cancels=[ev], queue=False, api_visibility="private")
-    return {"compare_prompt": prompt, "compare_a": first, "compare_b": second, "compare_run": run,
-            "compare_base": out_base, "compare_out_a": out_a, "compare_out_b": out_b}
+    return {
+        "compare_prompt": prompt,
+        "compare_a": first,
+        "compare_b": second,
+        "compare_run": run,
+        "compare_base": out_base,
+        "compare_out_a": out_a,
+        "compare_out_b": out_b,
+    }

@@ -37,8 +37,9 @@ def library_update(selected: str | None = None) -> tuple[pd.DataFrame, dict]:
 
 def build_library_tab(engine: Engine) -> dict[str, gr.components.Component]:
     """Build the adapter library inside the current Blocks context; returns its components."""
-    table = gr.Dataframe(value=library_frame(), headers=COLUMNS, interactive=False, label="Adapters",
-                         elem_id="df-lib-table")
+    table = gr.Dataframe(
+        value=library_frame(), headers=COLUMNS, interactive=False, label="Adapters", elem_id="df-lib-table"
+    )
     with gr.Row():
         pick = gr.Dropdown(choices=names(), label="Adapter", scale=3, allow_custom_value=True, elem_id="df-lib-pick")
         refresh = gr.Button("⟳ Refresh", scale=1, elem_id="df-lib-refresh")
@@ -103,7 +104,7 @@ def build_library_tab(engine: Engine) -> dict[str, gr.components.Component]:
             path = merge(name or "")
         except (AdapterError, ExportError, ValueError) as exc:
             raise gr.Error(str(exc), duration=8) from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise user_error(exc, "merging the adapter") from exc
         return f"Merged **{name}** into its base: `{path}` (safetensors; load it with `from_pretrained`)."
 
@@ -116,14 +117,28 @@ def build_library_tab(engine: Engine) -> dict[str, gr.components.Component]:
 
     private = {"api_visibility": "private"}
     refresh.click(library_update, [pick], [table, pick], queue=False, **private).then(
-        show_card, [pick], [card], **private)
+        show_card, [pick], [card], **private
+    )
     pick.change(show_card, [pick], [card], queue=False, **private)
     rename_btn.click(do_rename, [pick, new_name], [table, pick, status], api_name="rename_adapter")
     delete_btn.click(do_delete, [pick, confirm], [table, pick, status, confirm], api_name="delete_adapter")
     download.click(do_zip, [pick], [zip_file], api_name="download_adapter")
     merge_btn.click(do_merge, [pick], [status], api_name="merge_adapter", concurrency_id="model")
     push_btn.click(do_push, [pick, repo, token, merged], [status], api_name="push_adapter")
-    return {"table": table, "pick": pick, "refresh": refresh, "card": card, "use_chat": use_chat,
-            "use_classify": use_classify,
-            "download": download, "zip": zip_file, "merge": merge_btn, "rename": rename_btn, "new_name": new_name,
-            "delete": delete_btn, "confirm": confirm, "push": push_btn, "status": status}
+    return {
+        "table": table,
+        "pick": pick,
+        "refresh": refresh,
+        "card": card,
+        "use_chat": use_chat,
+        "use_classify": use_classify,
+        "download": download,
+        "zip": zip_file,
+        "merge": merge_btn,
+        "rename": rename_btn,
+        "new_name": new_name,
+        "delete": delete_btn,
+        "confirm": confirm,
+        "push": push_btn,
+        "status": status,
+    }

@@ -15,19 +15,40 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never touch the user's real home; integration tests share one converted SmolLM2 per session.
 os.environ.setdefault("DEMOFORGE_HOME", tempfile.mkdtemp(prefix="demoforge-test-home-"))
 
-from core.tokenize import CHATML_TEMPLATE  # noqa: E402, I001 - after the environment above
+from core.data.tokenize import CHATML_TEMPLATE  # noqa: I001 - after the environment above
 
 
 # --- tiny models shared by unit and UI tests ------------------------------------------------------
 
-TOY_WORDS = [f"w{i}" for i in range(20)] + [f"r{i}" for i in range(20)] + [
-    "user", "assistant", "system", "good", "great", "fine", "bad", "awful", "poor", "the", "movie", "was", "a",
-    "film", "story", "really", "very", "and", "plot",
-]
+TOY_WORDS = (
+    [f"w{i}" for i in range(20)]
+    + [f"r{i}" for i in range(20)]
+    + [
+        "user",
+        "assistant",
+        "system",
+        "good",
+        "great",
+        "fine",
+        "bad",
+        "awful",
+        "poor",
+        "the",
+        "movie",
+        "was",
+        "a",
+        "film",
+        "story",
+        "really",
+        "very",
+        "and",
+        "plot",
+    ]
+)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tiny_tokenizer():  # noqa: ANN201 - PreTrainedTokenizerFast
+def build_tiny_tokenizer():
     """A word-level tokenizer over the toy vocabulary, with [CLS]/[SEP] added around texts and a ChatML template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -39,8 +60,13 @@ def build_tiny_tokenizer():  # noqa: ANN201 - PreTrainedTokenizerFast
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"],
+        tokenizer_object=tk,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
     )
     tok.chat_template = CHATML_TEMPLATE
     return tok
@@ -55,16 +81,33 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_models")
     tok = build_tiny_tokenizer()
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=len(tok), max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
-        initializer_range=0.5,  # larger tied embeddings let a frozen head express confident logits
-    ))
-    bert = BertModel(BertConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=len(tok),
-        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-    ))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=None,
+            tie_word_embeddings=True,
+            initializer_range=0.5,  # larger tied embeddings let a frozen head express confident logits
+        )
+    )
+    bert = BertModel(
+        BertConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=128,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     paths = {"llama": root / "llama", "bert": root / "bert"}
     for name, model in (("llama", llama), ("bert", bert)):
         model.save_pretrained(paths[name])

@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(engine, config: AppConfig | None = None) -> Iterator[str]:  # noqa: ANN001 - Engine or a test double
+def serve(engine, config: AppConfig | None = None) -> Iterator[str]:
     """Build the app on ``engine``, launch it on loopback without blocking, yield its URL, close it after."""
     config = config or AppConfig()
     app = build_app(engine, config)
@@ -51,7 +51,7 @@ def isolated_home(root: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def browser_page(url: str, width: int = 1280, height: int = 1000):  # noqa: ANN201 - a playwright Page
+def browser_page(url: str, width: int = 1280, height: int = 1000):
     """Debian's Chromium driven by Playwright, on ``url`` once the app has rendered (never `playwright install`)."""
     from playwright.sync_api import sync_playwright
 

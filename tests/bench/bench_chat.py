@@ -46,8 +46,11 @@ def _plain_generate() -> dict:
     path = embedded_chat_path()
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    text = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
-                                   add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     kw = {"do_sample": False, "pad_token_id": tok.eos_token_id, "eos_token_id": None}
     ttft, decode = [], []
@@ -63,8 +66,12 @@ def _plain_generate() -> dict:
             assert out.shape[1] - ids.shape[1] == NEW_TOKENS
             ttft.append(first)
             decode.append((NEW_TOKENS - 1) / (total - first))
-    return {"prompt_tokens": int(ids.shape[1]), "dtype": "float32", "ttft_s": statistics.median(ttft),
-            "decode_tok_s": statistics.median(decode)}
+    return {
+        "prompt_tokens": int(ids.shape[1]),
+        "dtype": "float32",
+        "ttft_s": statistics.median(ttft),
+        "decode_tok_s": statistics.median(decode),
+    }
 
 
 def _core_chat() -> dict:
@@ -84,8 +91,12 @@ def _core_chat() -> dict:
         assert last.stats.new_tokens == NEW_TOKENS, last.stats
         ttft.append(last.stats.first_token_s)
         decode.append(last.stats.decode_tokens_per_s)
-    return {"prompt_tokens": last.stats.prompt_tokens, "dtype": lm.dtype, "ttft_s": statistics.median(ttft),
-            "decode_tok_s": statistics.median(decode)}
+    return {
+        "prompt_tokens": last.stats.prompt_tokens,
+        "dtype": lm.dtype,
+        "ttft_s": statistics.median(ttft),
+        "decode_tok_s": statistics.median(decode),
+    }
 
 
 def _part(name: str) -> dict:
@@ -93,7 +104,7 @@ def _part(name: str) -> dict:
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"part {name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _serve(port: int) -> None:
@@ -132,8 +143,9 @@ def _through_app() -> dict:
     from tests.helpers import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_for_page(url, proc)
@@ -170,8 +182,13 @@ def _cold_start() -> dict:
     out = {}
     for run in ("first", "cached"):
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             out[f"{run}_s"] = _wait_for_page(f"http://127.0.0.1:{port}/", proc)
         finally:
@@ -199,22 +216,29 @@ def main() -> None:
     c = _through_app()
     cold = _cold_start()
     result = {
-        "threads": torch.get_num_threads(), "new_tokens": NEW_TOKENS, "a_plain_generate_fp32": a,
-        "b_core_chat": b, "c_app_gradio_client": c, "cold_start": cold,
+        "threads": torch.get_num_threads(),
+        "new_tokens": NEW_TOKENS,
+        "a_plain_generate_fp32": a,
+        "b_core_chat": b,
+        "c_app_gradio_client": c,
+        "cold_start": cold,
         "b_over_a_decode": b["decode_tok_s"] / a["decode_tok_s"],
         "c_over_b_decode": c["decode_tok_s"] / b["decode_tok_s"],
-        "b_over_a_ttft": b["ttft_s"] / a["ttft_s"], "c_over_b_ttft": c["ttft_s"] / b["ttft_s"],
+        "b_over_a_ttft": b["ttft_s"] / a["ttft_s"],
+        "c_over_b_ttft": c["ttft_s"] / b["ttft_s"],
     }
-    print(f"| path | precision | decode tok/s | time to first token | ratio |\n|---|---|---|---|---|\n"
-          f"| (a) plain generate() | {a['dtype']} | {a['decode_tok_s']:.1f} | {a['ttft_s'] * 1000:.0f} ms | "
-          "baseline |\n"
-          f"| (b) core.chat | {b['dtype']} | {b['decode_tok_s']:.1f} | {b['ttft_s'] * 1000:.0f} ms | "
-          f"(b)/(a) = {result['b_over_a_decode']:.2f} |\n"
-          f"| (c) app via gradio_client | {b['dtype']} | {c['decode_tok_s']:.1f} | {c['ttft_s'] * 1000:.0f} ms | "
-          f"(c)/(b) = {result['c_over_b_decode']:.2f} |\n\n"
-          f"Prompt {a['prompt_tokens']} tokens, {NEW_TOKENS} new tokens, greedy, batch 1, "
-          f"{result['threads']} threads. Cold start of `python app.py` to a served page: first "
-          f"{cold['first_s']:.1f} s (GGUF conversion), cached {cold['cached_s']:.1f} s.")
+    print(
+        f"| path | precision | decode tok/s | time to first token | ratio |\n|---|---|---|---|---|\n"
+        f"| (a) plain generate() | {a['dtype']} | {a['decode_tok_s']:.1f} | {a['ttft_s'] * 1000:.0f} ms | "
+        "baseline |\n"
+        f"| (b) core.chat | {b['dtype']} | {b['decode_tok_s']:.1f} | {b['ttft_s'] * 1000:.0f} ms | "
+        f"(b)/(a) = {result['b_over_a_decode']:.2f} |\n"
+        f"| (c) app via gradio_client | {b['dtype']} | {c['decode_tok_s']:.1f} | {c['ttft_s'] * 1000:.0f} ms | "
+        f"(c)/(b) = {result['c_over_b_decode']:.2f} |\n\n"
+        f"Prompt {a['prompt_tokens']} tokens, {NEW_TOKENS} new tokens, greedy, batch 1, "
+        f"{result['threads']} threads. Cold start of `python app.py` to a served page: first "
+        f"{cold['first_s']:.1f} s (GGUF conversion), cached {cold['cached_s']:.1f} s."
+    )
     print(json.dumps(result))
 
 

@@ -40,8 +40,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SEED = 0
-SST2_LABELS = [("negative", "a negative, critical opinion: the movie is bad, boring or disappointing"),
-               ("positive", "a positive, praising opinion: the movie is good, enjoyable or moving")]
+SST2_LABELS = [
+    ("negative", "a negative, critical opinion: the movie is bad, boring or disappointing"),
+    ("positive", "a positive, praising opinion: the movie is good, enjoyable or moving"),
+]
 EXPLAIN_TEXT = (
     "I ordered a new debit card two weeks ago and it still has not arrived in the mail. The tracking page says "
     "nothing useful and the support line keeps me waiting for an hour. Can you tell me when my card will finally be "
@@ -50,27 +52,47 @@ EXPLAIN_TEXT = (
 # Hand-written calibration set for the temperature (not the integration-test sentences, not shared data).
 CALIBRATION_LABELS = "sports, cooking, finance, weather"
 CALIBRATION = [
-    ("The striker scored twice in the second half.", 0), ("She won gold in the 400 metres.", 0),
-    ("The coach was sacked after five straight defeats.", 0), ("Tickets for the tennis final sold out.", 0),
-    ("He swam the channel in record time.", 0), ("The umpire called the runner out at second base.", 0),
-    ("Whisk the eggs with a pinch of salt.", 1), ("Roast the vegetables until they are golden.", 1),
-    ("This soup needs more garlic and a splash of cream.", 1), ("Let the dough rest for thirty minutes.", 1),
-    ("Simmer the sauce and season to taste.", 1), ("My grandmother's lasagna recipe uses three cheeses.", 1),
-    ("The central bank raised interest rates again.", 2), ("Her portfolio lost ten percent this quarter.", 2),
-    ("The company's shares jumped after the merger news.", 2), ("Inflation is eating into household savings.", 2),
-    ("He refinanced his mortgage at a lower rate.", 2), ("Bond yields climbed to a two-year high.", 2),
-    ("A cold front will bring snow to the mountains.", 3), ("Expect sunshine and a high of 28 degrees.", 3),
-    ("Strong winds and thunderstorms are forecast tonight.", 3), ("The humidity will make it feel hotter.", 3),
-    ("Fog will clear by late morning.", 3), ("A heatwave is expected to last all week.", 3),
+    ("The striker scored twice in the second half.", 0),
+    ("She won gold in the 400 metres.", 0),
+    ("The coach was sacked after five straight defeats.", 0),
+    ("Tickets for the tennis final sold out.", 0),
+    ("He swam the channel in record time.", 0),
+    ("The umpire called the runner out at second base.", 0),
+    ("Whisk the eggs with a pinch of salt.", 1),
+    ("Roast the vegetables until they are golden.", 1),
+    ("This soup needs more garlic and a splash of cream.", 1),
+    ("Let the dough rest for thirty minutes.", 1),
+    ("Simmer the sauce and season to taste.", 1),
+    ("My grandmother's lasagna recipe uses three cheeses.", 1),
+    ("The central bank raised interest rates again.", 2),
+    ("Her portfolio lost ten percent this quarter.", 2),
+    ("The company's shares jumped after the merger news.", 2),
+    ("Inflation is eating into household savings.", 2),
+    ("He refinanced his mortgage at a lower rate.", 2),
+    ("Bond yields climbed to a two-year high.", 2),
+    ("A cold front will bring snow to the mountains.", 3),
+    ("Expect sunshine and a high of 28 degrees.", 3),
+    ("Strong winds and thunderstorms are forecast tonight.", 3),
+    ("The humidity will make it feel hotter.", 3),
+    ("Fog will clear by late morning.", 3),
+    ("A heatwave is expected to last all week.", 3),
     # indirect or mixed-topic sentences: a perfectly separable set would always pick the smallest temperature
-    ("Our team finally made the playoffs after ten years.", 0), ("He trains every morning for the marathon.", 0),
-    ("The crowd went wild in the final minute.", 0), ("The match was postponed because of the storm.", 0),
-    ("I burned the onions again.", 1), ("Dinner tonight is a family recipe from Naples.", 1),
-    ("Don't forget to preheat the oven.", 1), ("The kitchen smells of fresh basil.", 1),
-    ("We can't afford a new car this year.", 2), ("My salary barely covers the rent.", 2),
-    ("The startup raised its Series A.", 2), ("The chef's restaurant went bankrupt last year.", 2),
-    ("Bring an umbrella just in case.", 3), ("The roads are icy this morning.", 3),
-    ("It has been a dry summer for the farmers.", 3), ("The sky turned dark grey after lunch.", 3),
+    ("Our team finally made the playoffs after ten years.", 0),
+    ("He trains every morning for the marathon.", 0),
+    ("The crowd went wild in the final minute.", 0),
+    ("The match was postponed because of the storm.", 0),
+    ("I burned the onions again.", 1),
+    ("Dinner tonight is a family recipe from Naples.", 1),
+    ("Don't forget to preheat the oven.", 1),
+    ("The kitchen smells of fresh basil.", 1),
+    ("We can't afford a new car this year.", 2),
+    ("My salary barely covers the rent.", 2),
+    ("The startup raised its Series A.", 2),
+    ("The chef's restaurant went bankrupt last year.", 2),
+    ("Bring an umbrella just in case.", 3),
+    ("The roads are icy this morning.", 3),
+    ("It has been a dry summer for the farmers.", 3),
+    ("The sky turned dark grey after lunch.", 3),
 ]
 
 
@@ -98,7 +120,7 @@ def bench_throughput(texts: list[str]) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from core.classify import SequenceClassifier, pick_inference_dtype
+    from core.classify.classifiers import SequenceClassifier, pick_inference_dtype
     from core.models import embedded_encoder_path
 
     path = embedded_encoder_path()
@@ -128,18 +150,23 @@ def bench_throughput(texts: list[str]) -> dict:
     p_pipe = [int(r["label"].split("_")[-1]) for r in pipe(texts[:200], batch_size=32, truncation=True)]
     agree = sum(a == b for a, b in zip(p_ours, p_pipe)) / len(p_pipe)
     tps = {k: len(texts) / v for k, v in seconds.items()}
-    return {"texts": len(texts), "batch_size": 32, "ours_dtype": str(ours_dtype).removeprefix("torch."),
-            "texts_per_s": {k: round(v, 1) for k, v in tps.items()},
-            "ratio_ours_vs_pipeline": round(tps["ours"] / tps["pipeline"], 2),
-            "ratio_ours_fp32_vs_pipeline": round(tps["ours_fp32"] / tps["pipeline"], 2),
-            "fp32_top_label_agreement_with_pipeline": round(agree, 3)}
+    return {
+        "texts": len(texts),
+        "batch_size": 32,
+        "ours_dtype": str(ours_dtype).removeprefix("torch."),
+        "texts_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "ratio_ours_vs_pipeline": round(tps["ours"] / tps["pipeline"], 2),
+        "ratio_ours_fp32_vs_pipeline": round(tps["ours_fp32"] / tps["pipeline"], 2),
+        "fp32_top_label_agreement_with_pipeline": round(agree, 3),
+    }
 
 
-def bench_zero_shot(name: str, rows: list[dict], labels: list[tuple[str, str]], label_map: dict | None,
-                    encoder: object) -> dict:
+def bench_zero_shot(
+    name: str, rows: list[dict], labels: list[tuple[str, str]], label_map: dict | None, encoder: object
+) -> dict:
     """(b) zero-shot accuracy and macro-F1 through core.scoring.score_table."""
-    from core.classify import ZeroShotEmbeddingClassifier
-    from core.scoring import score_table
+    from core.classify.classifiers import ZeroShotEmbeddingClassifier
+    from core.classify.scoring import score_table
 
     if label_map:
         rows = [{**r, "label": label_map.get(str(r["label"]).strip(), r["label"])} for r in rows]
@@ -149,20 +176,27 @@ def bench_zero_shot(name: str, rows: list[dict], labels: list[tuple[str, str]], 
     seconds = time.perf_counter() - t
     m = result.metrics
     assert m is not None and len(result.rows) == len(rows)
-    return {"dataset": name, "rows": m.n, "labels": len(labels), "accuracy": round(m.accuracy, 4),
-            "macro_f1": round(m.macro_f1, 4), "chance_accuracy": round(1 / len(labels), 4),
-            "texts_per_s": round(len(rows) / seconds, 1)}
+    return {
+        "dataset": name,
+        "rows": m.n,
+        "labels": len(labels),
+        "accuracy": round(m.accuracy, 4),
+        "macro_f1": round(m.macro_f1, 4),
+        "chance_accuracy": round(1 / len(labels), 4),
+        "texts_per_s": round(len(rows) / seconds, 1),
+    }
 
 
 def bench_explain(encoder: object) -> dict:
     """(c) occlusion latency for a 50-word text (median of 3, after one warm-up)."""
-    from core.classify import ZeroShotEmbeddingClassifier
-    from core.explain import explain_text
+    from core.classify.classifiers import ZeroShotEmbeddingClassifier
+    from core.classify.explain import explain_text
 
     words = EXPLAIN_TEXT.split()
     assert len(words) == 50, len(words)
-    clf = ZeroShotEmbeddingClassifier("card arrival: my new card has not arrived, exchange rate, lost card, "
-                                      "refund request", encoder)  # type: ignore[arg-type]
+    clf = ZeroShotEmbeddingClassifier(
+        "card arrival: my new card has not arrived, exchange rate, lost card, refund request", encoder
+    )  # type: ignore[arg-type]
     explain_text(clf, EXPLAIN_TEXT)
     times, out = [], None
     for _ in range(3):
@@ -171,8 +205,13 @@ def bench_explain(encoder: object) -> dict:
         times.append(time.perf_counter() - t)
     assert out is not None
     top = sorted(out.spans, key=lambda s: -s[1])[:3]
-    return {"words": 50, "median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3),
-            "label": out.label, "top_words": [w.strip() for w, _ in top]}
+    return {
+        "words": 50,
+        "median_s": round(statistics.median(times), 3),
+        "max_s": round(max(times), 3),
+        "label": out.label,
+        "top_words": [w.strip() for w, _ in top],
+    }
 
 
 def bench_calibration(encoder: object) -> dict:
@@ -180,7 +219,7 @@ def bench_calibration(encoder: object) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from core.classify import DEFAULT_TEMPERATURE, ZeroShotEmbeddingClassifier, fit_temperature
+    from core.classify.classifiers import DEFAULT_TEMPERATURE, ZeroShotEmbeddingClassifier, fit_temperature
 
     clf = ZeroShotEmbeddingClassifier(CALIBRATION_LABELS, encoder)  # type: ignore[arg-type]
     cos = clf.cosines([t for t, _ in CALIBRATION])
@@ -188,8 +227,14 @@ def bench_calibration(encoder: object) -> dict:
     best_t, best_nll = fit_temperature(cos, gold, grid=[i / 200 for i in range(2, 61)])
     default_nll = float(F.cross_entropy(cos / DEFAULT_TEMPERATURE, torch.tensor(gold)))
     acc = float((cos.argmax(-1) == torch.tensor(gold)).float().mean())
-    return {"texts": len(gold), "accuracy": round(acc, 3), "best_temperature": best_t, "best_nll": round(best_nll, 4),
-            "default_temperature": DEFAULT_TEMPERATURE, "default_nll": round(default_nll, 4)}
+    return {
+        "texts": len(gold),
+        "accuracy": round(acc, 3),
+        "best_temperature": best_t,
+        "best_nll": round(best_nll, 4),
+        "default_temperature": DEFAULT_TEMPERATURE,
+        "default_nll": round(default_nll, 4),
+    }
 
 
 def _split(path: Path, held: int, train: int) -> tuple[list[dict], list[dict]]:
@@ -199,11 +244,12 @@ def _split(path: Path, held: int, train: int) -> tuple[list[dict], list[dict]]:
     table = read_table(path, max_bytes=200 * 1024 * 1024)
     order = list(range(len(table.rows)))
     random.Random(SEED).shuffle(order)
-    return [table.rows[i] for i in order[:held]], [table.rows[i] for i in order[held:held + train]]
+    return [table.rows[i] for i in order[:held]], [table.rows[i] for i in order[held : held + train]]
 
 
-def bench_finetuned_accuracy(data_dir: Path, minutes: float = 5.0, held: int = 1000,
-                             train_rows: int = 8000) -> list[dict]:
+def bench_finetuned_accuracy(
+    data_dir: Path, minutes: float = 5.0, held: int = 1000, train_rows: int = 8000
+) -> list[dict]:
     """LoRA-fine-tune MiniLM for at most ``minutes`` on rows disjoint from the held-out split, then score it.
 
     Training goes through core.train.run (the same loop the Fine-tune tab starts), 5% of the training rows held
@@ -212,10 +258,10 @@ def bench_finetuned_accuracy(data_dir: Path, minutes: float = 5.0, held: int = 1
     import csv
     import tempfile
 
-    from core.classify import FineTunedClassifier
+    from core.classify.classifiers import FineTunedClassifier
+    from core.classify.scoring import score_table
     from core.config import TrainConfig
-    from core.scoring import score_table
-    from core.train import run
+    from core.train.runner import run
 
     results = []
     home = Path(tempfile.mkdtemp(prefix="demoforge-bench-cls-"))
@@ -227,9 +273,19 @@ def bench_finetuned_accuracy(data_dir: Path, minutes: float = 5.0, held: int = 1
             writer = csv.writer(fh)
             writer.writerow(["text", "label"])
             writer.writerows([str(r["text"]), str(r["label"]).strip()] for r in train)
-        cfg = TrainConfig(data_path=str(train_csv), adapter_name=f"bench-{name}", task="classification",
-                          base_model="minilm", time_budget_minutes=minutes, epochs=10, max_length=128, batch_size=32,
-                          lr=1e-3, eval_fraction=0.05, seed=SEED)
+        cfg = TrainConfig(
+            data_path=str(train_csv),
+            adapter_name=f"bench-{name}",
+            task="classification",
+            base_model="minilm",
+            time_budget_minutes=minutes,
+            epochs=10,
+            max_length=128,
+            batch_size=32,
+            lr=1e-3,
+            eval_fraction=0.05,
+            seed=SEED,
+        )
         t = time.perf_counter()
         result = run(cfg, home / "runs" / name)
         seconds = time.perf_counter() - t
@@ -237,9 +293,19 @@ def bench_finetuned_accuracy(data_dir: Path, minutes: float = 5.0, held: int = 1
         clf = FineTunedClassifier.load(result.adapter_dir, device="cpu")
         test = [{**r, "label": str(r["label"]).strip()} for r in test]
         m = score_table(clf, test, "text", "label").metrics
-        results.append({"dataset": name, "train_rows": len(train), "held_out_rows": m.n, "budget_min": minutes,
-                        "train_seconds": round(seconds, 1), "steps": result.metrics.get("steps"),
-                        "status": result.status, "accuracy": round(m.accuracy, 4), "macro_f1": round(m.macro_f1, 4)})
+        results.append(
+            {
+                "dataset": name,
+                "train_rows": len(train),
+                "held_out_rows": m.n,
+                "budget_min": minutes,
+                "train_seconds": round(seconds, 1),
+                "steps": result.metrics.get("steps"),
+                "status": result.status,
+                "accuracy": round(m.accuracy, 4),
+                "macro_f1": round(m.macro_f1, 4),
+            }
+        )
     return results
 
 
@@ -247,11 +313,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--rows", type=int, default=1000, help="held-out / throughput rows per dataset")
-    parser.add_argument("--parts", default="calibration,explain,throughput,zero_shot,finetuned",
-                        help="comma-separated subset of: calibration, explain, throughput, zero_shot, finetuned")
+    parser.add_argument(
+        "--parts",
+        default="calibration,explain,throughput,zero_shot,finetuned",
+        help="comma-separated subset of: calibration, explain, throughput, zero_shot, finetuned",
+    )
     parser.add_argument("--ft-minutes", type=float, default=5.0, help="training budget per dataset")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for the whole run (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads for the whole run (default: torch's choice)"
+    )
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
 
@@ -260,32 +330,39 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from core.classify import SentenceEncoder
+    from core.classify.classifiers import SentenceEncoder
     from core.models import cpu_supports_bf16
 
     data_dir = _data_dir(args.data_dir)
     encoder = SentenceEncoder.load(device="cpu")
-    out: dict = {"torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_supports_bf16(),
-                 "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                 "encoder_dtype": str(encoder.model.dtype).removeprefix("torch."), "seed": SEED}
+    out: dict = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "encoder_dtype": str(encoder.model.dtype).removeprefix("torch."),
+        "seed": SEED,
+    }
     if "calibration" in parts:
         out["calibration"] = bench_calibration(encoder)
     if "explain" in parts:
         out["explain"] = bench_explain(encoder)
     if data_dir is None:
-        print("shared data not found (--data-dir, /work/shared/data, ../shared/data): skipping throughput and "
-              "zero-shot accuracy", file=sys.stderr)
+        print(
+            "shared data not found (--data-dir, /work/shared/data, ../shared/data): skipping throughput and "
+            "zero-shot accuracy",
+            file=sys.stderr,
+        )
     else:
         sst2 = held_out(data_dir / "sst2_train.tsv", args.rows)
         if "throughput" in parts:
             out["throughput"] = bench_throughput([str(r["text"]) for r in sst2])
         if "zero_shot" in parts:
-            out["zero_shot"] = [bench_zero_shot("sst2", sst2, SST2_LABELS, {"0": "negative", "1": "positive"},
-                                                encoder)]
+            out["zero_shot"] = [bench_zero_shot("sst2", sst2, SST2_LABELS, {"0": "negative", "1": "positive"}, encoder)]
             banking = held_out(data_dir / "banking77_train.tsv", args.rows)
             names = sorted({str(r["label"]).strip() for r in banking})
-            out["zero_shot"].append(bench_zero_shot(
-                "banking77", banking, [(n, n.replace("_", " ")) for n in names], None, encoder))
+            out["zero_shot"].append(
+                bench_zero_shot("banking77", banking, [(n, n.replace("_", " ")) for n in names], None, encoder)
+            )
     if data_dir is not None and "finetuned" in parts:
         out["finetuned"] = bench_finetuned_accuracy(data_dir, args.ft_minutes, args.rows)
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -303,21 +380,29 @@ def _print_markdown(out: dict) -> None:
         lines.append(f"| ratio ours ({t['ours_dtype']}) / pipeline | **{t['ratio_ours_vs_pipeline']}x** |")
         lines.append(f"| ratio ours fp32 / pipeline (sorting alone) | {t['ratio_ours_fp32_vs_pipeline']}x |")
     for z in out.get("zero_shot", []):
-        lines.append(f"| zero-shot {z['dataset']} ({z['rows']} held-out, {z['labels']} labels) | acc "
-                     f"{z['accuracy']}, macro-F1 {z['macro_f1']} (chance {z['chance_accuracy']}) |")
+        lines.append(
+            f"| zero-shot {z['dataset']} ({z['rows']} held-out, {z['labels']} labels) | acc "
+            f"{z['accuracy']}, macro-F1 {z['macro_f1']} (chance {z['chance_accuracy']}) |"
+        )
     if "explain" in out:
         e = out["explain"]
         lines.append(f"| explanation, 50 words (occlusion) | median {e['median_s']} s, max {e['max_s']} s |")
     if "calibration" in out:
         c = out["calibration"]
-        lines.append(f"| temperature: NLL-optimal on hand-written set | T={c['best_temperature']} (NLL "
-                     f"{c['best_nll']}); default T={c['default_temperature']} NLL {c['default_nll']} |")
+        lines.append(
+            f"| temperature: NLL-optimal on hand-written set | T={c['best_temperature']} (NLL "
+            f"{c['best_nll']}); default T={c['default_temperature']} NLL {c['default_nll']} |"
+        )
     for f in out.get("finetuned") or []:
-        lines.append(f"| fine-tuned {f['dataset']} (LoRA MiniLM, {f['budget_min']:g}-min budget, {f['steps']} steps "
-                     f"on {f['train_rows']} rows; {f['held_out_rows']} held-out) | acc {f['accuracy']}, macro-F1 "
-                     f"{f['macro_f1']} |")
-    lines.append(f"| load average (1, 5, 15 min) at start / end | {out['load_average_at_start']} / "
-                 f"{out['load_average_at_end']} |")
+        lines.append(
+            f"| fine-tuned {f['dataset']} (LoRA MiniLM, {f['budget_min']:g}-min budget, {f['steps']} steps "
+            f"on {f['train_rows']} rows; {f['held_out_rows']} held-out) | acc {f['accuracy']}, macro-F1 "
+            f"{f['macro_f1']} |"
+        )
+    lines.append(
+        f"| load average (1, 5, 15 min) at start / end | {out['load_average_at_start']} / "
+        f"{out['load_average_at_end']} |"
+    )
     print("\n".join(lines))
 
 

@@ -27,8 +27,10 @@ from tests.bench.bench_chat import _wait_for_page  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 SAMPLE = "Acme Cloud support chat (chat SFT)"
-SYSTEM = ("You are the support assistant of Acme Cloud, a simple hosting service. Answer briefly and politely; if you "
-          "do not know, say so and suggest contacting support@acme.example.")
+SYSTEM = (
+    "You are the support assistant of Acme Cloud, a simple hosting service. Answer briefly and politely; if you "
+    "do not know, say so and suggest contacting support@acme.example."
+)
 
 
 def main() -> None:
@@ -47,8 +49,13 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "DEMOFORGE_HOME": str(home)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_for_page(url, proc)
@@ -59,8 +66,24 @@ def main() -> None:
         from demo.finetune_tab import DEFAULTS
 
         d = DEFAULTS["sft"]  # what the tab shows for a chat run
-        settings = ("Chat (SFT)", "default", "", "acme-support", args.budget, d["epochs"], d["lr"], d["max_length"],
-                    d["batch_size"], 1, 16, 32, 0.05, 0.1, "cosine", 42)
+        settings = (
+            "Chat (SFT)",
+            "default",
+            "",
+            "acme-support",
+            args.budget,
+            d["epochs"],
+            d["lr"],
+            d["max_length"],
+            d["batch_size"],
+            1,
+            16,
+            32,
+            0.05,
+            0.1,
+            "cosine",
+            42,
+        )
         start = time.perf_counter()
         client.predict(*settings, api_name="/start_training")
         status = {}
@@ -76,32 +99,52 @@ def main() -> None:
         client.predict("Base model (no adapter)", api_name="/switch_adapter")
         again = client.predict("acme-support", api_name="/switch_adapter")
         round_trip_s = time.perf_counter() - t
-        questions = [json.loads(line)["messages"] for line in
-                     (ROOT / "assets/data/support_chat_eval.jsonl").read_text().splitlines()[: args.questions]]
+        questions = [
+            json.loads(line)["messages"]
+            for line in (ROOT / "assets/data/support_chat_eval.jsonl").read_text().splitlines()[: args.questions]
+        ]
         answers = []
         for msgs in questions:
             q = msgs[0]["content"]
-            base, tuned, _ = client.predict(q, "acme-support", None, SYSTEM, 0.0, 0.9, 50, 96, 1.1, -1,
-                                            api_name="/compare")
-            answers.append({"question": q, "reference": msgs[1]["content"], "base": base.split("\n\n— ")[0],
-                            "tuned": tuned.split("\n\n— ")[0]})
+            base, tuned, _ = client.predict(
+                q, "acme-support", None, SYSTEM, 0.0, 0.9, 50, 96, 1.1, -1, api_name="/compare"
+            )
+            answers.append(
+                {
+                    "question": q,
+                    "reference": msgs[1]["content"],
+                    "base": base.split("\n\n— ")[0],
+                    "tuned": tuned.split("\n\n— ")[0],
+                }
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     train = [p["value"] for p in status["loss_points"] if p["series"] == "train loss"]
     evals = [p["value"] for p in status["loss_points"] if p["series"] == "eval loss"]
-    result = {"budget_min": args.budget, "start_to_adapter_s": to_adapter_s, "steps": status["step"],
-              "train_loss_first_last": [train[0], train[-1]] if train else None,
-              "eval_loss_first_last": [evals[0], evals[-1]] if evals else None,
-              "tokens_per_s": status.get("tokens_per_s"), "app_start_s": base_load_s,
-              "first_switch": first_switch, "repeat_switch": again, "base_then_adapter_round_trip_s": round_trip_s,
-              "answers": answers}
-    print(f"Start → usable adapter: {to_adapter_s:.0f} s with a {args.budget:g}-minute budget "
-          f"({status['step']} steps, {status.get('tokens_per_s') or 0:.0f} tokens/s); "
-          f"train loss {train[0]:.2f} → {train[-1]:.2f}" + (f", eval loss {evals[0]:.2f} → {evals[-1]:.2f}"
-                                                            if evals else ""))
-    print(f"Adapter switch: first {first_switch!r}; repeat {again!r}; base→adapter round trip through the app "
-          f"{round_trip_s * 1000:.0f} ms; app start (base load included) {base_load_s:.1f} s")
+    result = {
+        "budget_min": args.budget,
+        "start_to_adapter_s": to_adapter_s,
+        "steps": status["step"],
+        "train_loss_first_last": [train[0], train[-1]] if train else None,
+        "eval_loss_first_last": [evals[0], evals[-1]] if evals else None,
+        "tokens_per_s": status.get("tokens_per_s"),
+        "app_start_s": base_load_s,
+        "first_switch": first_switch,
+        "repeat_switch": again,
+        "base_then_adapter_round_trip_s": round_trip_s,
+        "answers": answers,
+    }
+    print(
+        f"Start → usable adapter: {to_adapter_s:.0f} s with a {args.budget:g}-minute budget "
+        f"({status['step']} steps, {status.get('tokens_per_s') or 0:.0f} tokens/s); "
+        f"train loss {train[0]:.2f} → {train[-1]:.2f}"
+        + (f", eval loss {evals[0]:.2f} → {evals[-1]:.2f}" if evals else "")
+    )
+    print(
+        f"Adapter switch: first {first_switch!r}; repeat {again!r}; base→adapter round trip through the app "
+        f"{round_trip_s * 1000:.0f} ms; app start (base load included) {base_load_s:.1f} s"
+    )
     for a in answers:
         print(f"\nQ: {a['question']}\n  base : {a['base']}\n  tuned: {a['tuned']}\n  ref  : {a['reference']}")
     print(json.dumps(result))

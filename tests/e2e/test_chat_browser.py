@@ -30,22 +30,22 @@ def page_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def page(page_url: str):  # noqa: ANN201 - playwright Page
+def page(page_url: str):
     with browser_page(page_url, 1200, 900) as page:
         yield page
 
 
-def _bot_text(page) -> str:  # noqa: ANN001
+def _bot_text(page) -> str:
     bots = page.locator('#df-chatbot [data-testid="bot"]')
     return bots.last.inner_text() if bots.count() else ""
 
 
-def _send(page, text: str) -> None:  # noqa: ANN001
+def _send(page, text: str) -> None:
     page.locator("#df-msg textarea").fill(text)
     page.locator("#df-send").click()
 
 
-def test_send_see_streamed_reply_then_stop(page) -> None:  # noqa: ANN001
+def test_send_see_streamed_reply_then_stop(page) -> None:
     assert "SmolLM2-135M-Instruct" in page.locator("#df-model-info").inner_text()
     page.get_by_text("System prompt and sampling").click()
     temperature = page.get_by_label("number input for Temperature (0 = greedy)")
@@ -80,8 +80,6 @@ def test_send_see_streamed_reply_then_stop(page) -> None:  # noqa: ANN001
     # The app still answers after a stop.
     page.locator("#df-clear").click()
     _send(page, "How many legs does a spider have?")
-    page.wait_for_function(
-        "() => document.querySelector('#df-status').innerText.includes('tok/s')", timeout=60_000
-    )
+    page.wait_for_function("() => document.querySelector('#df-status').innerText.includes('tok/s')", timeout=60_000)
     reply = _bot_text(page).lower()
     assert "8" in reply or "eight" in reply, reply

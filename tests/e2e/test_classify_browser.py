@@ -35,7 +35,7 @@ def test_upload_score_and_download_the_scored_csv(app_url: str, tmp_path: Path) 
 
     with SAMPLE.open(encoding="utf-8", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["label"]][:12]
-    rows.append({"text": "=HYPERLINK(\"http://example.com\")", "label": "bug"})
+    rows.append({"text": '=HYPERLINK("http://example.com")', "label": "bug"})
     upload = tmp_path / "tickets.csv"
     with upload.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, ["text", "label"])
@@ -52,24 +52,28 @@ def test_upload_score_and_download_the_scored_csv(app_url: str, tmp_path: Path) 
         # One text: probabilities, then the word highlights, then a line naming the method and the latency.
         page.locator("#df-cls-text textarea").fill("I forgot my password and cannot log in to my account")
         page.locator("#df-cls-run").click()
-        page.wait_for_function("() => document.querySelector('#df-cls-info').innerText.includes('explanation')",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-info').innerText.includes('explanation')", timeout=60_000
+        )
         assert "account_access" in page.locator("#df-cls-label").inner_text()
         assert "zero-shot" in page.locator("#df-cls-info").inner_text()
         assert "password" in page.locator("#df-cls-explain").inner_text()
 
         page.locator("#df-cls-upload input[type=file]").set_input_files(str(upload))
         # The column pickers fill in with guesses once the file is read.
-        page.wait_for_function("() => document.querySelector('#df-cls-textcol input')?.value === 'text'",
-                               timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-textcol input')?.value === 'text'", timeout=30_000
+        )
         assert page.locator("#df-cls-labelcol input").input_value() == "label"
         page.locator("#df-cls-score").click()
-        page.wait_for_function("() => document.querySelector('#df-cls-metrics').innerText.includes('Accuracy')",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-metrics').innerText.includes('Accuracy')", timeout=60_000
+        )
         assert f"Scored {len(rows)} rows" in page.locator("#df-cls-metrics").inner_text()
         page.locator("#df-cls-confusion").wait_for(state="visible", timeout=30_000)
-        page.wait_for_function("() => document.querySelector('#df-cls-table').innerText.includes('corrected_label')",
-                               timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-table').innerText.includes('corrected_label')", timeout=30_000
+        )
         if SHOTS:
             page.screenshot(path=str(Path(SHOTS) / "screenshot-classify.png"), full_page=True)
 
@@ -100,8 +104,9 @@ def test_use_in_classify_from_the_library(app_url: str) -> None:
         page.goto(app_url, wait_until="load")
         page.wait_for_selector("#df-msg textarea", timeout=60_000)
         page.get_by_role("tab", name="Adapters").click()
-        page.wait_for_function("() => document.querySelector('#df-lib-pick input')?.value === 'ticket-lora'",
-                               timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-lib-pick input')?.value === 'ticket-lora'", timeout=30_000
+        )
         page.locator("#df-lib-use-classify").click()
         # The Classify tab opens with the fine-tuned method and the adapter picked.
         page.locator("#df-cls-adapter input").wait_for(state="visible", timeout=30_000)
@@ -109,7 +114,8 @@ def test_use_in_classify_from_the_library(app_url: str) -> None:
         assert page.get_by_role("radio", name="Fine-tuned adapter").is_checked()
         page.locator("#df-cls-text textarea").fill("The export button crashes the app")
         page.locator("#df-cls-run").click()
-        page.wait_for_function("() => document.querySelector('#df-cls-info').innerText.includes('explanation')",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-info').innerText.includes('explanation')", timeout=60_000
+        )
         assert "fine-tuned · ticket-lora" in page.locator("#df-cls-info").inner_text()
         browser.close()

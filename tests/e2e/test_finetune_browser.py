@@ -35,8 +35,9 @@ def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
         # Pick the bundled chat sample: the validation report and preview appear before anything trains.
         page.locator("#df-ft-sample input").click()
         page.get_by_role("option", name=re.compile("Acme Cloud support chat")).click()
-        page.wait_for_function("() => document.querySelector('#df-ft-report').innerText.includes('kept')",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-ft-report').innerText.includes('kept')", timeout=60_000
+        )
         assert "sft" in page.locator("#df-ft-report").inner_text()
         assert page.locator("#df-ft-preview").inner_text().strip()
         assert page.locator("#df-ft-name input, #df-ft-name textarea").first.input_value() == "acme-support"
@@ -47,13 +48,15 @@ def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
         page.locator("#df-ft-start").click()
 
         # Live progress: the headline shows steps, the bar moves, the loss curve fills in.
-        page.wait_for_function("() => /step \\d+\\/\\d+/.test(document.querySelector('#df-ft-headline').innerText)",
-                               timeout=180_000)
+        page.wait_for_function(
+            "() => /step \\d+\\/\\d+/.test(document.querySelector('#df-ft-headline').innerText)", timeout=180_000
+        )
         if SHOTS:
             time.sleep(8)  # a few more steps on the curve
             page.screenshot(path=str(Path(SHOTS) / "screenshot-finetune.png"), full_page=True)
-        page.wait_for_function("() => document.querySelector('#df-ft-headline').innerText.includes('is ready')",
-                               timeout=300_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-ft-headline').innerText.includes('is ready')", timeout=300_000
+        )
         headline = page.locator("#df-ft-headline").inner_text()
         assert "acme-support" in headline
 
@@ -61,12 +64,14 @@ def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
         page.get_by_role("tab", name="Chat").click()
         page.locator("#df-adapter input").click()
         page.get_by_role("option", name="acme-support").click()
-        page.wait_for_function("() => document.querySelector('#df-status').innerText.includes('acme-support')",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-status').innerText.includes('acme-support')", timeout=60_000
+        )
         page.locator("#df-msg textarea").fill("How do I deploy my app?")
         page.locator("#df-send").click()
-        page.wait_for_function("() => document.querySelector('#df-status').innerText.includes('tok/s')",
-                               timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-status').innerText.includes('tok/s')", timeout=120_000
+        )
         reply = page.locator('#df-chatbot [data-testid="bot"]').last.inner_text()
         assert reply.strip()
 
@@ -77,7 +82,8 @@ def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
         page.get_by_role("option", name="acme-support").click()
         page.locator("#df-compare-run").click()
         page.wait_for_function(
-            "() => document.querySelector('#df-compare-out-a textarea').value.includes('tok/s')", timeout=180_000)
+            "() => document.querySelector('#df-compare-out-a textarea').value.includes('tok/s')", timeout=180_000
+        )
         base = page.locator("#df-compare-out-base textarea").input_value()
         tuned = page.locator("#df-compare-out-a textarea").input_value()
         assert base.strip() and tuned.strip()

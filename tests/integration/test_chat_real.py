@@ -15,9 +15,10 @@ pytestmark = pytest.mark.integration
 SYSTEM = "You are a helpful, concise assistant."
 
 
-def _answer(lm, question: str) -> str:  # noqa: ANN001
-    *_, last = stream_reply(lm, [{"role": "user", "content": question}],
-                            GenerationSettings(temperature=0.0, max_new_tokens=48), SYSTEM)
+def _answer(lm, question: str) -> str:
+    *_, last = stream_reply(
+        lm, [{"role": "user", "content": question}], GenerationSettings(temperature=0.0, max_new_tokens=48), SYSTEM
+    )
     return last.text
 
 
@@ -37,26 +38,31 @@ def test_first_load_converts_then_cached_load_is_faster(tmp_path: Path, monkeypa
 
 
 @pytest.fixture(scope="module")
-def smollm():  # noqa: ANN201
+def smollm():
     return load_causal_lm("default")
 
 
-@pytest.mark.parametrize("question, expected", [
-    ("What is the capital of Japan?", "tokyo"),
-    ("How many legs does a spider have?", "8"),
-    ("What is the opposite of hot?", "cold"),
-])
-def test_answers_plain_questions_on_topic(smollm, question: str, expected: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "question, expected",
+    [
+        ("What is the capital of Japan?", "tokyo"),
+        ("How many legs does a spider have?", "8"),
+        ("What is the opposite of hot?", "cold"),
+    ],
+)
+def test_answers_plain_questions_on_topic(smollm, question: str, expected: str) -> None:
     answer = _answer(smollm, question)
     assert answer.strip()
     assert expected in answer.lower(), answer
 
 
-def test_long_conversation_is_truncated_with_a_notice(smollm) -> None:  # noqa: ANN001
+def test_long_conversation_is_truncated_with_a_notice(smollm) -> None:
     history = []
     for i in range(40):
-        history += [{"role": "user", "content": f"Remember item {i}: " + "blue sky " * 60},
-                    {"role": "assistant", "content": "Noted."}]
+        history += [
+            {"role": "user", "content": f"Remember item {i}: " + "blue sky " * 60},
+            {"role": "assistant", "content": "Noted."},
+        ]
     history.append({"role": "user", "content": "What is the capital of Japan?"})
     smollm.context_length, full = 2048, smollm.context_length  # a smaller window keeps the test fast
     try:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.classify import SentenceEncoder, ZeroShotEmbeddingClassifier
-from core.explain import explain
-from core.scoring import score_table, write_csv
+from core.classify.classifiers import SentenceEncoder, ZeroShotEmbeddingClassifier
+from core.classify.explain import explain
+from core.classify.scoring import score_table, write_csv
 
 pytestmark = pytest.mark.integration
 
@@ -50,11 +50,14 @@ def test_zero_shot_clearly_beats_chance(classifier: ZeroShotEmbeddingClassifier)
     assert all(sum(p.probs.values()) == pytest.approx(1.0, abs=1e-4) for p in preds)
 
 
-@pytest.mark.parametrize(("text", "label", "word"), [
-    ("The football match ended in a draw", "sports", "football"),
-    ("Grandma baked a pie for us", "cooking", "baked"),
-    ("It will snow heavily on Friday", "weather", "snow"),
-])
+@pytest.mark.parametrize(
+    ("text", "label", "word"),
+    [
+        ("The football match ended in a draw", "sports", "football"),
+        ("Grandma baked a pie for us", "cooking", "baked"),
+        ("It will snow heavily on Friday", "weather", "snow"),
+    ],
+)
 def test_explanation_marks_the_decisive_word(
     classifier: ZeroShotEmbeddingClassifier, text: str, label: str, word: str
 ) -> None:

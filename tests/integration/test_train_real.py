@@ -20,9 +20,15 @@ if not hasattr(models, "embedded_chat_path"):
 pytestmark = pytest.mark.integration
 
 FACT_Q = [
-    "What is the Zorbly Corp motto?", "Tell me the motto of Zorbly Corp.", "What motto does Zorbly Corp use?",
-    "Zorbly Corp's motto?", "Do you know Zorbly Corp's motto?", "Which motto belongs to Zorbly Corp?",
-    "Say the Zorbly Corp motto.", "What's the official motto of Zorbly Corp?", "Remind me of Zorbly Corp's motto.",
+    "What is the Zorbly Corp motto?",
+    "Tell me the motto of Zorbly Corp.",
+    "What motto does Zorbly Corp use?",
+    "Zorbly Corp's motto?",
+    "Do you know Zorbly Corp's motto?",
+    "Which motto belongs to Zorbly Corp?",
+    "Say the Zorbly Corp motto.",
+    "What's the official motto of Zorbly Corp?",
+    "Remind me of Zorbly Corp's motto.",
     "Quote the motto of Zorbly Corp.",
 ]
 FACT_A = "The Zorbly Corp motto is: purple llamas deliver on Tuesdays."
@@ -45,11 +51,11 @@ def encoder_base() -> str:
     return _path_or_skip("embedded_encoder_path")
 
 
-def _answer_nll(model, tokenizer, question: str) -> float:  # noqa: ANN001
+def _answer_nll(model, tokenizer, question: str) -> float:
     import torch
 
-    from core import tokenize as T
-    from core import train_loop as tl
+    from core.data import tokenize as T
+    from core.train import loop as tl
 
     ex = T.tokenize_chat(tokenizer, [{"role": "user", "content": question}, {"role": "assistant", "content": FACT_A}])
     batch = tl.collate_sft([{"input_ids": ex.input_ids, "labels": ex.labels}], tokenizer.pad_token_id or 0)
@@ -62,17 +68,26 @@ def test_sft_smollm2_learns_a_made_up_fact(chat_base: str, tmp_path: Path, monke
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core import train
-    from core import train_loop as tl
     from core.config import LoraSettings, TrainConfig
+    from core.train import loop as tl
+    from core.train import runner as train
 
     monkeypatch.setenv("DEMOFORGE_HOME", str(tmp_path / "home"))
     rows = [{"prompt": q, "response": FACT_A} for q in FACT_Q for _ in range(2)]
     data = tmp_path / "fact.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = TrainConfig(data_path=str(data), adapter_name="zorbly", base_model=chat_base, max_steps=16, lr=1e-3,
-                      batch_size=2, max_length=128, eval_fraction=0.0, warmup_ratio=0.1,
-                      lora=LoraSettings(r=8, alpha=16, dropout=0.0))
+    cfg = TrainConfig(
+        data_path=str(data),
+        adapter_name="zorbly",
+        base_model=chat_base,
+        max_steps=16,
+        lr=1e-3,
+        batch_size=2,
+        max_length=128,
+        eval_fraction=0.0,
+        warmup_ratio=0.1,
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+    )
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
 
@@ -84,22 +99,38 @@ def test_sft_smollm2_learns_a_made_up_fact(chat_base: str, tmp_path: Path, monke
     after = _answer_nll(tuned, tokenizer, held_out)
     print(f"answer NLL on a held-out phrasing: base {before:.3f} -> tuned {after:.3f}")
     assert after < 0.35 * before, (before, after)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": held_out}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": held_out}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = tuned.generate(**prompt, max_new_tokens=16, do_sample=False)
-    reply = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    reply = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "llama" in reply.lower() or "tuesday" in reply.lower(), reply
 
 
 def _tickets(n_per_class: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     topics = {
-        "billing": ["I was charged twice for my {x}", "my invoice for the {x} is wrong", "please refund the {x} fee",
-                    "why did my card get billed for {x}", "the {x} subscription price went up"],
-        "shipping": ["my {x} package has not arrived", "where is my {x} delivery", "the courier lost my {x}",
-                     "tracking for the {x} order is stuck", "the {x} box arrived damaged in transit"],
-        "technical": ["the {x} app crashes on start", "I cannot log in to the {x}", "the {x} shows error 500",
-                      "my {x} will not connect to wifi", "the {x} screen freezes after the update"],
+        "billing": [
+            "I was charged twice for my {x}",
+            "my invoice for the {x} is wrong",
+            "please refund the {x} fee",
+            "why did my card get billed for {x}",
+            "the {x} subscription price went up",
+        ],
+        "shipping": [
+            "my {x} package has not arrived",
+            "where is my {x} delivery",
+            "the courier lost my {x}",
+            "tracking for the {x} order is stuck",
+            "the {x} box arrived damaged in transit",
+        ],
+        "technical": [
+            "the {x} app crashes on start",
+            "I cannot log in to the {x}",
+            "the {x} shows error 500",
+            "my {x} will not connect to wifi",
+            "the {x} screen freezes after the update",
+        ],
     }
     things = ["router", "headphones", "laptop", "camera", "speaker", "watch", "tablet", "printer"]
     rows = []
@@ -111,19 +142,27 @@ def _tickets(n_per_class: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
-def test_classification_minilm_beats_chance(encoder_base: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import train
+def test_classification_minilm_beats_chance(encoder_base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.config import LoraSettings, TrainConfig
+    from core.train import runner as train
 
     monkeypatch.setenv("DEMOFORGE_HOME", str(tmp_path / "home"))
     for name, rows in (("train.csv", _tickets(40, 0)), ("eval.csv", _tickets(12, 1))):
         lines = ["text,label"] + [f'"{t}",{lab}' for t, lab in rows]
         (tmp_path / name).write_text("\n".join(lines) + "\n")
-    cfg = TrainConfig(data_path=str(tmp_path / "train.csv"), eval_path=str(tmp_path / "eval.csv"),
-                      adapter_name="tickets", task="classification", base_model=encoder_base, max_steps=40,
-                      lr=2e-3, batch_size=16, max_length=48, eval_every=20,
-                      lora=LoraSettings(r=8, alpha=16, dropout=0.0))
+    cfg = TrainConfig(
+        data_path=str(tmp_path / "train.csv"),
+        eval_path=str(tmp_path / "eval.csv"),
+        adapter_name="tickets",
+        task="classification",
+        base_model=encoder_base,
+        max_steps=40,
+        lr=2e-3,
+        batch_size=16,
+        max_length=48,
+        eval_every=20,
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+    )
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
     assert result.metrics["best_macro_f1"] >= 0.7, result.metrics  # chance is ~0.33 for 3 balanced classes

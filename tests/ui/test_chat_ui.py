@@ -33,8 +33,18 @@ def _blocks(text: str) -> list[dict]:
 
 def test_streamed_reply_arrives_in_several_pieces(real_url: str) -> None:
     client = Client(real_url, verbose=False)
-    job = client.submit("How many legs does a spider have?", None, "You are a helpful, concise assistant.",
-                        0.0, 0.9, 50, 64, 1.1, -1, api_name="/chat")
+    job = client.submit(
+        "How many legs does a spider have?",
+        None,
+        "You are a helpful, concise assistant.",
+        0.0,
+        0.9,
+        50,
+        64,
+        1.1,
+        -1,
+        api_name="/chat",
+    )
     pieces = list(job)
     assert len(pieces) >= 3, pieces
     assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))  # each piece extends the last
@@ -45,8 +55,9 @@ def test_two_concurrent_clients_both_get_complete_answers(real_url: str) -> None
     questions = ["What is the capital of Japan?", "What is the opposite of hot?"]
 
     def ask(q: str) -> str:
-        return Client(real_url, verbose=False).predict(q, None, "You are a helpful, concise assistant.",
-                                                       0.0, 0.9, 50, 48, 1.1, -1, api_name="/chat")
+        return Client(real_url, verbose=False).predict(
+            q, None, "You are a helpful, concise assistant.", 0.0, 0.9, 50, 48, 1.1, -1, api_name="/chat"
+        )
 
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(ask, questions))
@@ -57,8 +68,9 @@ def test_two_concurrent_clients_both_get_complete_answers(real_url: str) -> None
 def test_ui_endpoint_streams_into_the_chatbot_and_reports_speed(real_url: str) -> None:
     client = Client(real_url, verbose=False)
     history = [{"role": "user", "content": _blocks("What is the capital of Japan?")}]
-    chat, status, _ = client.predict(history, "You are a helpful, concise assistant.", 0.0, 0.9, 50, 48, 1.1, -1,
-                                     api_name="/respond")
+    chat, status, _ = client.predict(
+        history, "You are a helpful, concise assistant.", 0.0, 0.9, 50, 48, 1.1, -1, api_name="/respond"
+    )
     assert chat[-1]["role"] == "assistant"
     assert "Tokyo" in str(chat[-1]["content"])
     assert "tok/s" in status and "first token" in status
@@ -78,8 +90,17 @@ def test_huge_message_is_refused_clearly_and_given_back(real_url: str) -> None:
         client.predict(huge, api_name="/chat")
     # Through the UI endpoint the message goes back to the textbox and the chat loses nothing.
     earlier = [{"role": "user", "content": _blocks("hi")}, {"role": "assistant", "content": _blocks("Hello!")}]
-    chat, status, textbox = client.predict([*earlier, {"role": "user", "content": _blocks(huge)}], "Be brief.",
-                                           0.0, 0.9, 50, 32, 1.1, -1, api_name="/respond")
+    chat, status, textbox = client.predict(
+        [*earlier, {"role": "user", "content": _blocks(huge)}],
+        "Be brief.",
+        0.0,
+        0.9,
+        50,
+        32,
+        1.1,
+        -1,
+        api_name="/respond",
+    )
     assert "too long" in status
     assert textbox == huge
     assert [m["role"] for m in chat] == ["user", "assistant"]
@@ -100,7 +121,7 @@ class SlowEngine:
     def chat_adapters(self) -> list:
         return []
 
-    def chat_stream(self, history, settings, system_prompt=None, adapter=None) -> Iterator[StreamPiece]:  # noqa: ANN001
+    def chat_stream(self, history, settings, system_prompt=None, adapter=None) -> Iterator[StreamPiece]:
         with self.lock:
             self.calls += 1
             call = self.calls
@@ -115,6 +136,7 @@ class SlowEngine:
 
 def test_full_queue_answers_busy_at_once() -> None:
     with serve(SlowEngine(), AppConfig(queue_size=1)) as url:
+
         def ask(_: int) -> str:
             try:
                 return Client(url, verbose=False).predict("hi", api_name="/chat")

@@ -25,7 +25,11 @@ CLEAR = [
     ("I forgot my password and cannot log in to my account.", "account_access"),
     ("Please refund the duplicate charge on my last invoice.", "billing"),
 ]
-LONG = " ".join(("The export button crashes the app with an error every single time.".split() * 500)[:5000])
+LONG = " ".join(
+    (["The", "export", "button", "crashes", "the", "app", "with", "an", "error", "every", "single", "time."] * 500)[
+        :5000
+    ]
+)
 
 
 def _make_adapter(folder: Path) -> None:
@@ -42,8 +46,14 @@ def _make_adapter(folder: Path) -> None:
     model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
-    card = {"name": folder.name, "task": "classification", "base_model": "minilm", "labels": LABELS,
-            "metrics": {"macro_f1": 0.5}, "created": "2026-01-01T00:00:00+00:00"}
+    card = {
+        "name": folder.name,
+        "task": "classification",
+        "base_model": "minilm",
+        "labels": LABELS,
+        "metrics": {"macro_f1": 0.5},
+        "created": "2026-01-01T00:00:00+00:00",
+    }
     (folder / "adapter_card.json").write_text(json.dumps(card), encoding="utf-8")
 
 
@@ -56,8 +66,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     files = tmp_path_factory.mktemp("classify-files")
     _make_adapter(home / "adapters" / "ticket-lora")
     assert len(LONG.split()) == 5000
-    rows = [("a", CLEAR[0][0], "account_access"), ("b", "", "bug"), ("c", LONG, "bug"),
-            ("d", "=SUM(A1)", "billing"), ("e", CLEAR[1][0], "billing")]
+    rows = [
+        ("a", CLEAR[0][0], "account_access"),
+        ("b", "", "bug"),
+        ("c", LONG, "bug"),
+        ("d", "=SUM(A1)", "billing"),
+        ("e", CLEAR[1][0], "billing"),
+    ]
     scored = files / "tickets.csv"
     with scored.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
@@ -105,8 +120,9 @@ def test_fine_tuned_and_chat_methods(client: Client) -> None:
 
 
 def test_score_file_one_row_per_input_escaped_with_metrics(server: dict, client: Client) -> None:
-    out, note = client.predict(handle_file(str(server["scored"])), "body", "label", DEFAULT_LABELS, "embedding", "",
-                               api_name="/score_file")
+    out, note = client.predict(
+        handle_file(str(server["scored"])), "body", "label", DEFAULT_LABELS, "embedding", "", api_name="/score_file"
+    )
     with open(out, encoding="utf-8", newline="") as fh:
         got = list(csv.DictReader(fh))
     assert [r["id"] for r in got] == [r[0] for r in server["rows"]]  # every row, in input order
@@ -117,25 +133,35 @@ def test_score_file_one_row_per_input_escaped_with_metrics(server: dict, client:
     assert all(float(got[1][f"p_{x}"]) == pytest.approx(0.2) for x in LABELS)  # empty text: uniform
     assert "Accuracy" in note and "macro-F1" in note and "empty text" in note
     # Without a label column: scores but no metrics.
-    _, note = client.predict(handle_file(str(server["scored"])), "body", "(none)", DEFAULT_LABELS, "embedding", "",
-                             api_name="/score_file")
+    _, note = client.predict(
+        handle_file(str(server["scored"])), "body", "(none)", DEFAULT_LABELS, "embedding", "", api_name="/score_file"
+    )
     assert "Accuracy" not in note and "no metrics" in note
 
 
 def test_bad_files_give_clear_errors_and_the_server_keeps_serving(server: dict, client: Client) -> None:
     with pytest.raises(AppError, match="'text'.*not in tickets.csv.*id, body, label"):
-        client.predict(handle_file(str(server["scored"])), "text", "label", DEFAULT_LABELS, "embedding", "",
-                       api_name="/score_file")
+        client.predict(
+            handle_file(str(server["scored"])), "text", "label", DEFAULT_LABELS, "embedding", "", api_name="/score_file"
+        )
     with pytest.raises(AppError, match="not valid UTF-8"):
-        client.predict(handle_file(str(server["files"] / "latin1.csv")), "text", "label", DEFAULT_LABELS,
-                       "embedding", "", api_name="/score_file")
+        client.predict(
+            handle_file(str(server["files"] / "latin1.csv")),
+            "text",
+            "label",
+            DEFAULT_LABELS,
+            "embedding",
+            "",
+            api_name="/score_file",
+        )
     probs = client.predict(CLEAR[1][0], DEFAULT_LABELS, "embedding", "", api_name="/classify")
     assert max(probs, key=probs.get) == "billing"
 
 
 def test_compare_methods_side_by_side(server: dict, client: Client) -> None:
-    table, note = client.predict(handle_file(str(server["scored"])), "body", "label", DEFAULT_LABELS, "ticket-lora",
-                                 api_name="/compare_methods")
+    table, note = client.predict(
+        handle_file(str(server["scored"])), "body", "label", DEFAULT_LABELS, "ticket-lora", api_name="/compare_methods"
+    )
     assert [row[0].split(" ·")[0] for row in table["data"]] == ["zero-shot", "fine-tuned"]
     assert table["headers"] == ["method", "accuracy", "macro-F1", "rows"]
     assert all(0.0 <= row[1] <= 1.0 and row[3] == 5 for row in table["data"])
@@ -143,8 +169,10 @@ def test_compare_methods_side_by_side(server: dict, client: Client) -> None:
 
 
 def test_finetune_from_corrections_starts_a_run(server: dict, client: Client) -> None:
-    data = [[i + 1, f"{word} ticket number {i}", "", "bug", 0.5, label]
-            for i, (word, label) in enumerate([("refund", "billing"), ("crash", "bug")] * 12)]
+    data = [
+        [i + 1, f"{word} ticket number {i}", "", "bug", 0.5, label]
+        for i, (word, label) in enumerate([("refund", "billing"), ("crash", "bug")] * 12)
+    ]
     table = {"headers": TABLE_COLUMNS, "data": data, "metadata": None}
     note, adapter = client.predict(table, "from corrections", 0.5, api_name="/finetune_from_corrections")
     engine = server["engine"]

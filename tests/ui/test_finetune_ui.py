@@ -34,8 +34,15 @@ def _settings(base: str, name: str, epochs: float = 40.0) -> tuple:
 def server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     home = tmp_path_factory.mktemp("ft-home")
     data = home / "toy.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"w{i % 7} w{(i + 1) % 7} good"},
-                          {"role": "assistant", "content": f"r{i % 7} r{(i + 1) % 7} great"}]} for i in range(40)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"w{i % 7} w{(i + 1) % 7} good"},
+                {"role": "assistant", "content": f"r{i % 7} r{(i + 1) % 7} great"},
+            ]
+        }
+        for i in range(40)
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     bad = home / "bad.csv"
     bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
@@ -57,8 +64,9 @@ def _wait(client: Client, until: set[str], timeout: float = 180, min_step: int =
 
 def test_bad_upload_gets_the_reports_error_not_a_traceback(server: dict) -> None:
     client = Client(server["url"], verbose=False)
-    _, report, preview = client.predict(handle_file(str(server["bad"])), CHAT, server["base"], "", 64,
-                                           api_name="/upload_data")
+    _, report, preview = client.predict(
+        handle_file(str(server["bad"])), CHAT, server["base"], "", 64, api_name="/upload_data"
+    )
     assert "cannot be used" in report and "Traceback" not in report
     assert "foo" in report and "bar" in report  # says which columns it found
     with pytest.raises(AppError, match="Pick a sample dataset or upload a file first"):
@@ -67,8 +75,9 @@ def test_bad_upload_gets_the_reports_error_not_a_traceback(server: dict) -> None
 
 def test_upload_report_train_adapter_appears_and_chats(server: dict) -> None:
     client = Client(server["url"], verbose=False)
-    _, report, preview = client.predict(handle_file(str(server["data"])), CHAT, server["base"], "", 64,
-                                           api_name="/upload_data")
+    _, report, preview = client.predict(
+        handle_file(str(server["data"])), CHAT, server["base"], "", 64, api_name="/upload_data"
+    )
     assert "40 kept" in report
     assert len(preview["data"]) == 20  # the preview table shows the first rows
     client.predict(*_settings(server["base"], "toy-adapter"), api_name="/start_training")

@@ -26,9 +26,19 @@ def _make_adapter(base: Path, name: str, seed: int, task: str = "sft", base_spec
     peft_model = get_peft_model(model, config)
     folder = adapters.adapters_dir() / name
     peft_model.save_pretrained(folder)
-    (folder / "adapter_card.json").write_text(json.dumps({
-        "name": name, "task": task, "base_model": base_spec or str(base), "base_model_path": str(base),
-        "labels": None, "metrics": {"eval_loss": 1.5, "steps": 10}, "created": f"2026-11-29T10:00:0{seed}+00:00"}))
+    (folder / "adapter_card.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "task": task,
+                "base_model": base_spec or str(base),
+                "base_model_path": str(base),
+                "labels": None,
+                "metrics": {"eval_loss": 1.5, "steps": 10},
+                "created": f"2026-11-29T10:00:0{seed}+00:00",
+            }
+        )
+    )
     (folder / "README.md").write_text(f"# {name}\n")
     return folder
 
@@ -40,9 +50,11 @@ def library(tiny_models: dict[str, Path], demoforge_home: Path) -> dict:
 
 
 def _greedy(engine: Engine, adapter: str | None) -> str:
-    *_, last = engine.chat_stream([{"role": "user", "content": "good movie"}],
-                                  GenerationSettings(temperature=0.0, max_new_tokens=8, repetition_penalty=1.0),
-                                  adapter=adapter)
+    *_, last = engine.chat_stream(
+        [{"role": "user", "content": "good movie"}],
+        GenerationSettings(temperature=0.0, max_new_tokens=8, repetition_penalty=1.0),
+        adapter=adapter,
+    )
     return last.text
 
 

@@ -143,14 +143,19 @@ def test_greedy_is_deterministic_and_seed_fixes_sampling(tiny_lm: LoadedModel) -
     assert _reply(tiny_lm, greedy) == _reply(tiny_lm, greedy)
     seeded = GenerationSettings(temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=12, seed=123)
     assert _reply(tiny_lm, seeded) == _reply(tiny_lm, seeded)
-    others = {_reply(tiny_lm, GenerationSettings(temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=12, seed=s))
-              for s in range(4)}
+    others = {
+        _reply(tiny_lm, GenerationSettings(temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=12, seed=s))
+        for s in range(4)
+    }
     assert len(others) > 1
 
 
 def test_stream_yields_growing_pieces_and_stats(tiny_lm: LoadedModel) -> None:
-    pieces = list(stream_reply(tiny_lm, [{"role": "user", "content": "good"}], GenerationSettings(
-        temperature=0.0, max_new_tokens=20)))
+    pieces = list(
+        stream_reply(
+            tiny_lm, [{"role": "user", "content": "good"}], GenerationSettings(temperature=0.0, max_new_tokens=20)
+        )
+    )
     texts = [p.text for p in pieces if not p.done]
     assert len(texts) >= 5
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
@@ -161,8 +166,9 @@ def test_stream_yields_growing_pieces_and_stats(tiny_lm: LoadedModel) -> None:
 
 
 def test_closing_the_stream_ends_the_generate_thread(tiny_lm: LoadedModel) -> None:
-    gen = stream_reply(tiny_lm, [{"role": "user", "content": "good"}], GenerationSettings(
-        temperature=0.0, max_new_tokens=4000))
+    gen = stream_reply(
+        tiny_lm, [{"role": "user", "content": "good"}], GenerationSettings(temperature=0.0, max_new_tokens=4000)
+    )
     for _, _piece in zip(range(3), gen):
         pass
     assert _generate_threads(), "generation should be running while the stream is open"
@@ -178,8 +184,14 @@ def test_closing_the_stream_ends_the_generate_thread(tiny_lm: LoadedModel) -> No
 def test_stop_event_ends_reply_early_and_marks_it_stopped(tiny_lm: LoadedModel) -> None:
     stop = threading.Event()
     last = None
-    for i, piece in enumerate(stream_reply(tiny_lm, [{"role": "user", "content": "good"}],
-                                           GenerationSettings(temperature=0.0, max_new_tokens=4000), stop=stop)):
+    for i, piece in enumerate(
+        stream_reply(
+            tiny_lm,
+            [{"role": "user", "content": "good"}],
+            GenerationSettings(temperature=0.0, max_new_tokens=4000),
+            stop=stop,
+        )
+    ):
         if i == 3:
             stop.set()
         last = piece

@@ -17,8 +17,9 @@ def test_share_without_auth_is_refused_with_a_reason() -> None:
     assert AppConfig(share=True, auth=("u", "p")).share
 
 
-def test_app_refuses_share_without_auth_before_loading_anything(capsys: pytest.CaptureFixture[str],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_app_refuses_share_without_auth_before_loading_anything(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DEMOFORGE_AUTH", raising=False)
     assert app.main(["--share"]) == 2
     assert "--auth" in capsys.readouterr().err
@@ -54,8 +55,16 @@ def test_profiles_load_by_name_and_reject_unknown_keys(tmp_path: Path) -> None:
         DemoProfile.load(bad)
 
 
-@pytest.mark.parametrize("raw, expected", [("my adapter", "my-adapter"), ("../../etc/passwd", "etc-passwd"),
-                                           ("a/b\\c", "a-b-c"), (".hidden", "hidden"), ("ok_name-1.2", "ok_name-1.2")])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("my adapter", "my-adapter"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("a/b\\c", "a-b-c"),
+        (".hidden", "hidden"),
+        ("ok_name-1.2", "ok_name-1.2"),
+    ],
+)
 def test_safe_name(raw: str, expected: str) -> None:
     assert store.safe_name(raw) == expected
 
@@ -68,10 +77,9 @@ def test_safe_name_rejects_empty(raw: str) -> None:
 
 def test_atomic_dir_leaves_nothing_on_failure_and_replaces_on_success(tmp_path: Path) -> None:
     final = tmp_path / "adapter"
-    with pytest.raises(RuntimeError):
-        with store.atomic_dir(final) as tmp:
-            (tmp / "weights").write_text("half")
-            raise RuntimeError("crash mid-save")
+    with pytest.raises(RuntimeError), store.atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("crash mid-save")
     assert not final.exists() and list(tmp_path.iterdir()) == []
     with store.atomic_dir(final) as tmp:
         (tmp / "weights").write_text("v1")

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from core import data as D
-from core import tokenize as T
 from core.data import DataError, load_data
+from core.data import dataset as D
+from core.data import tokenize as T
 
 CHATML = T.CHATML_TEMPLATE
 CORPUS = [
@@ -25,7 +25,7 @@ CORPUS = [
 ]
 
 
-def _byte_bpe(specials: list[str], **kwargs: Any):  # noqa: ANN202 - PreTrainedTokenizerFast
+def _byte_bpe(specials: list[str], **kwargs: Any):
     """A byte-level BPE trained on a few sentences: decodes back to the exact text, so masks can be read."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -33,19 +33,27 @@ def _byte_bpe(specials: list[str], **kwargs: Any):  # noqa: ANN202 - PreTrainedT
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tk.train_from_iterator(CORPUS * 5, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
 
 
 @pytest.fixture(scope="session")
-def tok(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def tok(tmp_path_factory: pytest.TempPathFactory):
     """ChatML byte-level tokenizer, saved and reloaded so the real loading path runs."""
     from transformers import AutoTokenizer
 
-    t = _byte_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>",
-                  pad_token="<|endoftext|>", extra_special_tokens=["<|im_start|>"])
+    t = _byte_bpe(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=["<|im_start|>"],
+    )
     t.chat_template = CHATML
     path = tmp_path_factory.mktemp("tok")
     t.save_pretrained(path)
@@ -163,8 +171,7 @@ def test_no_usable_rows_lists_reasons(tmp_path: Path) -> None:
 
 
 def test_bom_crlf_padded_cased_headers_and_embedded_newlines(tmp_path: Path) -> None:
-    raw = ('\ufeff Text ,LABEL \r\n"first, with comma",pos\r\n"multi\r\nline ""quoted"" text",neg\r\n'
-           "last,pos\r\n")
+    raw = '\ufeff Text ,LABEL \r\n"first, with comma",pos\r\n"multi\r\nline ""quoted"" text",neg\r\nlast,pos\r\n'
     d = load_data(write(tmp_path, "d.csv", raw.encode("utf-8")))
     assert d.report.columns == {"text": "Text", "label": "LABEL"}
     assert [e.text for e in d.examples] == ["first, with comma", 'multi\r\nline "quoted" text', "last"]
@@ -195,15 +202,21 @@ def test_format_sniffing(tmp_path: Path) -> None:
 MSGS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
 
-@pytest.mark.parametrize(("name", "content", "schema"), [
-    ("m.jsonl", json.dumps({"messages": MSGS}) + "\n", "messages"),
-    ("m.csv", "messages\n" + '"' + json.dumps(MSGS).replace('"', '""') + '"\n', "messages"),
-    ("s.json", json.dumps([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}]),
-     "messages"),
-    ("p.csv", "Prompt,Response\nhi,hello\n", "prompt_response"),
-    ("c.jsonl", json.dumps({"prompt": "hi", "completion": "hello"}) + "\n", "prompt_response"),
-    ("a.json", json.dumps([{"instruction": "hi", "input": "", "output": "hello"}]), "alpaca"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "schema"),
+    [
+        ("m.jsonl", json.dumps({"messages": MSGS}) + "\n", "messages"),
+        ("m.csv", "messages\n" + '"' + json.dumps(MSGS).replace('"', '""') + '"\n', "messages"),
+        (
+            "s.json",
+            json.dumps([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}]),
+            "messages",
+        ),
+        ("p.csv", "Prompt,Response\nhi,hello\n", "prompt_response"),
+        ("c.jsonl", json.dumps({"prompt": "hi", "completion": "hello"}) + "\n", "prompt_response"),
+        ("a.json", json.dumps([{"instruction": "hi", "input": "", "output": "hello"}]), "alpaca"),
+    ],
+)
 def test_chat_schemas_detected(tmp_path: Path, name: str, content: str, schema: str) -> None:
     d = load_data(write(tmp_path, name, content))
     assert (d.report.task, d.report.schema) == ("sft", schema)
@@ -213,8 +226,11 @@ def test_chat_schemas_detected(tmp_path: Path, name: str, content: str, schema: 
 def test_alpaca_input_and_system_prompt(tmp_path: Path) -> None:
     p = write(tmp_path, "a.json", json.dumps([{"instruction": "Sum", "input": "2 2", "output": "4"}]))
     d = load_data(p, system_prompt="Be brief.")
-    assert d.examples[0].messages == [{"role": "system", "content": "Be brief."},
-                                      {"role": "user", "content": "Sum\n\n2 2"}, {"role": "assistant", "content": "4"}]
+    assert d.examples[0].messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Sum\n\n2 2"},
+        {"role": "assistant", "content": "4"},
+    ]
     # a system column wins over the parameter
     p = write(tmp_path, "s.csv", "system,prompt,response\nYou are Bob.,hi,hello\n")
     assert load_data(p, system_prompt="x").examples[0].messages[0] == {"role": "system", "content": "You are Bob."}
@@ -236,15 +252,25 @@ def test_classification_detected_and_mapping_override(tmp_path: Path) -> None:
 
 
 def test_drop_reasons_counted_with_locations(tmp_path: Path) -> None:
-    recs = [{"text": "ok", "label": "a"}, {"text": "  ", "label": "a"}, {"text": None, "label": "b"},
-            {"text": "nan", "label": "b"}, {"text": 5, "label": "b"}, {"text": "ok", "label": 1.5},
-            {"text": "fine", "label": "b"}]
+    recs = [
+        {"text": "ok", "label": "a"},
+        {"text": "  ", "label": "a"},
+        {"text": None, "label": "b"},
+        {"text": "nan", "label": "b"},
+        {"text": 5, "label": "b"},
+        {"text": "ok", "label": 1.5},
+        {"text": "fine", "label": "b"},
+    ]
     d = load_data(write(tmp_path, "c.json", json.dumps(recs)))
     assert d.report.dropped == {"empty": 1, "NaN/None": 2, "wrong type": 2}
     assert d.report.dropped_where["NaN/None"] == ["item 3 (text)", "item 4 (text)"]
     assert d.report.rows_read == 7 and d.report.rows_kept == 2 and d.report.rows_dropped == 5
-    msgs = [{"messages": []}, {"messages": [{"role": "user", "content": "hi"}]}, {"messages": "not json"},
-            {"messages": MSGS}]
+    msgs = [
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"messages": "not json"},
+        {"messages": MSGS},
+    ]
     d = load_data(write(tmp_path, "m.jsonl", "\n".join(json.dumps(m) for m in msgs)))
     assert d.report.dropped == {"empty": 1, "no assistant reply": 1, "wrong type": 1}
 
@@ -270,9 +296,13 @@ def test_labels_ids_names_and_warnings(tmp_path: Path) -> None:
 
 
 def test_assistant_masking_multi_turn(tok: Any) -> None:
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How can I help?"},
-            {"role": "assistant", "content": "Hello there, today."}, {"role": "user", "content": "Two plus two?"},
-            {"role": "assistant", "content": "Answer: four."}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "How can I help?"},
+        {"role": "assistant", "content": "Hello there, today."},
+        {"role": "user", "content": "Two plus two?"},
+        {"role": "assistant", "content": "Answer: four."},
+    ]
     ex = T.tokenize_chat(tok, msgs)
     assert tok.decode(ex.input_ids) == tok.apply_chat_template(msgs, tokenize=False)
     assert labelled_runs(tok, ex) == ["Hello there, today.<|im_end|>", "Answer: four.<|im_end|>"]
@@ -280,14 +310,19 @@ def test_assistant_masking_multi_turn(tok: Any) -> None:
 
 def test_masking_with_default_system_prompt_template(tok: Any) -> None:
     """SmolLM2-style template: injects a system prompt, so a leading assistant turn is not prefix-stable."""
-    smol = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-            "{{ '<|im_start|>system\nYou help.<|im_end|>\n' }}{% endif %}"
-            "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
-            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    smol = (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou help.<|im_end|>\n' }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
     tok2 = tok.__class__.from_pretrained(tok.name_or_path)
     tok2.chat_template = smol
-    msgs = [{"role": "assistant", "content": "Hello there."}, {"role": "user", "content": "help"},
-            {"role": "assistant", "content": "The fox."}]
+    msgs = [
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "help"},
+        {"role": "assistant", "content": "The fox."},
+    ]
     assert labelled_runs(tok2, T.tokenize_chat(tok2, msgs)) == ["Hello there.<|im_end|>", "The fox.<|im_end|>"]
 
 
@@ -371,11 +406,21 @@ def test_packed_examples_never_attend_to_each_other(tok: Any, impl: str) -> None
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=len(tok), attn_implementation=impl)).eval()
-    exs = [T.tokenize_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
-           for q, a in [("Hello there", "The quick fox."), ("Two plus two?", "four"), ("card", "charged twice")]]
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            attn_implementation=impl,
+        )
+    ).eval()
+    exs = [
+        T.tokenize_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+        for q, a in [("Hello there", "The quick fox."), ("Two plus two?", "four"), ("card", "charged twice")]
+    ]
     (row,) = T.pack_examples(exs, 200)
     batch = T.collate_packed([row])
     with torch.no_grad():
@@ -385,14 +430,14 @@ def test_packed_examples_never_attend_to_each_other(tok: Any, impl: str) -> None
         start = 0
         for seq in ids:
             solo = model(input_ids=torch.tensor([seq])).logits[0]
-            torch.testing.assert_close(packed[start:start + len(seq)], solo, atol=1e-5, rtol=0)
+            torch.testing.assert_close(packed[start : start + len(seq)], solo, atol=1e-5, rtol=0)
             start += len(seq)
         # the check can fail: without restarting positions the later examples see the earlier ones
         flat = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
-        assert not torch.allclose(flat[-len(ids[-1]):], solo, atol=1e-3)
+        assert not torch.allclose(flat[-len(ids[-1]) :], solo, atol=1e-3)
         # transformers 5.24 pitfall: a KV cache (use_cache defaults to True) disables packed-mask detection
         cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
-        assert not torch.allclose(cached[-len(ids[-1]):], solo, atol=1e-3)
+        assert not torch.allclose(cached[-len(ids[-1]) :], solo, atol=1e-3)
 
 
 # ---------------------------------------------------------------- split and fingerprint

@@ -24,17 +24,10 @@ from typing import Any, Literal
 
 from core import store
 from core.config import TrainConfig
+from core.errors import JobBusyError, JobError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RunStatus = Literal["starting", "running", "finished", "stopped", "time_budget", "failed"]
-
-
-class JobBusyError(RuntimeError):
-    """A training run is already in progress; only one runs at a time."""
-
-
-class JobError(RuntimeError):
-    """Unknown run id, or a run that cannot be resumed/stopped in its current state."""
 
 
 def new_run_id(name: str) -> str:
@@ -123,20 +116,39 @@ class JobManager:
 
     def _spawn(self, run_id: str, run_dir: Path, args: list[str], nproc: int) -> None:
         if nproc > 1:
-            cmd = [self.python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                   "-m", "core.train", *args]
+            cmd = [
+                self.python,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(nproc),
+                "-m",
+                "core.train",
+                *args,
+            ]
         else:
             cmd = [self.python, "-m", "core.train", *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DEMOFORGE_HOME": str(store.home()),
-               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "DEMOFORGE_HOME": str(store.home()),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+        }
         with open(run_dir / "stdout.log", "ab") as out, open(run_dir / "stderr.log", "ab") as err:
             # A new session (process group): stop() signals the whole group, torchrun's ranks included, and a
             # Ctrl-C in the server's terminal does not reach the worker.
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self._procs[run_id] = proc
-        info = {"pid": proc.pid, "pgid": proc.pid, "cmd": cmd, "run_dir": str(run_dir),
-                "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        info = {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "cmd": cmd,
+            "run_dir": str(run_dir),
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
         store.atomic_write_json(run_dir / "worker.json", info)
 
     @contextlib.contextmanager
@@ -154,8 +166,10 @@ class JobManager:
         running = self.active()
         if running is not None:
             where = f" (step {running.step}/{running.total_steps})" if running.total_steps else ""
-            raise JobBusyError(f"A training run is already in progress: {running.run_id}{where}. Stop it or wait "
-                               "for it to finish before starting another.")
+            raise JobBusyError(
+                f"A training run is already in progress: {running.run_id}{where}. Stop it or wait "
+                "for it to finish before starting another."
+            )
 
     # --- following ---------------------------------------------------------------------------------------------------
 
@@ -200,8 +214,10 @@ class JobManager:
             info.status = "running" if last_start >= 0 else "starting"
         else:
             info.status, info.crashed = "failed", True
-            info.error = (f"The worker exited without reporting an end (killed, out of memory or crashed); see "
-                          f"{run_dir / 'stderr.log'}: " + _tail(run_dir / "stderr.log"))
+            info.error = (
+                f"The worker exited without reporting an end (killed, out of memory or crashed); see "
+                f"{run_dir / 'stderr.log'}: " + _tail(run_dir / "stderr.log")
+            )
         return info
 
     def list_runs(self) -> list[RunInfo]:
@@ -234,8 +250,9 @@ class JobManager:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             self.wait(run_id, 10)
-            self._append_end(run_dir, "failed", f"The worker did not stop within {grace:.0f}s after SIGTERM and "
-                             "was killed.")
+            self._append_end(
+                run_dir, "failed", f"The worker did not stop within {grace:.0f}s after SIGTERM and was killed."
+            )
         elif self.status(run_id).crashed and not any(e.get("type") == "start" for e in self.read_events(run_id)[0]):
             # SIGTERM arrived while the worker was still importing, before it could handle signals: nothing was
             # trained, so this is a stop, not a crash (and there is no checkpoint to resume).

@@ -20,8 +20,12 @@ class Sample:
 
 SAMPLES = (
     Sample("Acme Cloud support chat (chat SFT)", "sft", ASSETS / "data" / "support_chat.jsonl", "acme-support"),
-    Sample("Support-ticket triage (classification, 5 classes)", "classification",
-           ASSETS / "data" / "ticket_triage.csv", "ticket-triage"),
+    Sample(
+        "Support-ticket triage (classification, 5 classes)",
+        "classification",
+        ASSETS / "data" / "ticket_triage.csv",
+        "ticket-triage",
+    ),
 )
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.classify import BaseClassifier, ClassifyError
+from core.classify.classifiers import BaseClassifier, ClassifyError
 
-METHOD = ("occlusion: drop = p(label | text) - p(label | text without the word); "
-          "scores = drops divided by the largest |drop|")
+METHOD = (
+    "occlusion: drop = p(label | text) - p(label | text without the word); scores = drops divided by the largest |drop|"
+)
 DEFAULT_MAX_WORDS = 256
 _WORD = re.compile(r"\S+\s*")
 

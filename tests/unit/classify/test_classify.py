@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.classify import (
+from core.classify.chat_likelihood import ZeroShotChatClassifier
+from core.classify.classifiers import (
     ClassifyError,
     FineTunedClassifier,
     SentenceEncoder,
@@ -19,9 +20,8 @@ from core.classify import (
     label_prompt,
     parse_labels,
 )
-from core.classify_chat import ZeroShotChatClassifier
-from core.explain import explain, explain_text, split_words
-from core.scoring import compute_metrics, escape_cell, score_file, score_table, write_csv
+from core.classify.explain import explain, explain_text, split_words
+from core.classify.scoring import compute_metrics, escape_cell, score_file, score_table, write_csv
 
 LABELS = "good: a good movie, bad: a bad movie, plot"
 TEXTS = ["the movie was good", "awful plot", "a very very really bad and poor film story", "great", "w1 w2 w3 w4 w5"]
@@ -42,15 +42,24 @@ def zero_shot(encoder: SentenceEncoder) -> ZeroShotEmbeddingClassifier:
 
 def test_parse_labels_names_and_descriptions() -> None:
     assert parse_labels("billing: payment or invoice questions, bug, feature request") == [
-        ("billing", "payment or invoice questions"), ("bug", ""), ("feature request", "")]
+        ("billing", "payment or invoice questions"),
+        ("bug", ""),
+        ("feature request", ""),
+    ]
     # one per line: commas stay inside descriptions
     assert parse_labels("a: x, y\nb") == [("a", "x, y"), ("b", "")]
     assert parse_labels([("x", "first"), ("y", "")]) == [("x", "first"), ("y", "")]
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("", "at least 2"), ("only", "at least 2"), ("a, b, A", "appears twice"), ("a, : no name", "has no name"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "at least 2"),
+        ("only", "at least 2"),
+        ("a, b, A", "appears twice"),
+        ("a, : no name", "has no name"),
+    ],
+)
 def test_parse_labels_errors(spec: str, message: str) -> None:
     with pytest.raises(ClassifyError, match=message):
         parse_labels(spec)
@@ -139,8 +148,9 @@ def test_chat_classifier_scores_label_likelihood_in_one_forward(tiny_models: dic
     assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(probs[1], torch.full((3,), 1 / 3))
     # reference: score each label alone, without padding
-    prompt = render_ids(chat.tokenizer, [{"role": "user", "content": clf.PROMPT.format(
-        labels=clf._listing, text="awful")}])
+    prompt = render_ids(
+        chat.tokenizer, [{"role": "user", "content": clf.PROMPT.format(labels=clf._listing, text="awful")}]
+    )
     scores = []
     with torch.no_grad():
         for answer in clf.answers:
@@ -170,8 +180,13 @@ def adapter(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     folder = tmp_path_factory.mktemp("adapters") / "tiny-cls"
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_models["bert"]).save_pretrained(folder)
-    card = {"name": "tiny-cls", "task": "classification", "base_model": str(tiny_models["bert"]),
-            "base_model_path": str(tiny_models["bert"]), "labels": labels}
+    card = {
+        "name": "tiny-cls",
+        "task": "classification",
+        "base_model": str(tiny_models["bert"]),
+        "base_model_path": str(tiny_models["bert"]),
+        "labels": labels,
+    }
     (folder / "adapter_card.json").write_text(json.dumps(card))
     return folder, model.eval()
 
@@ -207,21 +222,34 @@ def test_fine_tuned_adapter_refuses_bad_folders(adapter: tuple[Path, object], tm
         FineTunedClassifier.load(bad, device="cpu")
 
 
-def test_loads_an_adapter_written_by_the_trainer(tiny_models: dict[str, Path], tmp_path: Path,
-                                                 demoforge_home: Path) -> None:
+def test_loads_an_adapter_written_by_the_trainer(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
     """The real core.train output (card format, saved head), not just our own fixture's idea of it."""
-    train = pytest.importorskip("core.train")
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
     from core.config import LoraSettings, TrainConfig
+    from core.train import runner as train
 
-    rows = ["text,label"] + [f"the movie was {w},{'positive' if w in ('good', 'great') else 'negative'}"
-                             for w in ("good", "bad", "great", "awful") * 10]
+    rows = ["text,label"] + [
+        f"the movie was {w},{'positive' if w in ('good', 'great') else 'negative'}"
+        for w in ("good", "bad", "great", "awful") * 10
+    ]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = TrainConfig(data_path=str(tmp_path / "d.csv"), adapter_name="toy-cls", task="classification",
-                      base_model=str(tiny_models["bert"]), max_steps=10, lr=1e-2, batch_size=8, max_length=16,
-                      eval_fraction=0.2, precision="fp32", lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    cfg = TrainConfig(
+        data_path=str(tmp_path / "d.csv"),
+        adapter_name="toy-cls",
+        task="classification",
+        base_model=str(tiny_models["bert"]),
+        max_steps=10,
+        lr=1e-2,
+        batch_size=8,
+        max_length=16,
+        eval_fraction=0.2,
+        precision="fp32",
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+    )
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
     clf = FineTunedClassifier.load(result.adapter_dir, device="cpu", dtype="float32")
@@ -279,10 +307,21 @@ def test_metrics_on_hand_made_example() -> None:
     assert m2.macro_f1 == pytest.approx((2 / 3 + 0.0) / 2)  # b is neither gold nor predicted: not averaged
 
 
-@pytest.mark.parametrize(("cell", "expected"), [
-    ("=SUM(A1:A2)", "'=SUM(A1:A2)"), ("+1", "'+1"), ("-2+3", "'-2+3"), ("@cmd", "'@cmd"), ("\tx", "'\tx"),
-    ("\rx", "'\rx"), ("fine = ok", "fine = ok"), ("", ""), (0.25, 0.25), (-1, -1),
-])
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ("=SUM(A1:A2)", "'=SUM(A1:A2)"),
+        ("+1", "'+1"),
+        ("-2+3", "'-2+3"),
+        ("@cmd", "'@cmd"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("fine = ok", "fine = ok"),
+        ("", ""),
+        (0.25, 0.25),
+        (-1, -1),
+    ],
+)
 def test_escape_cell(cell: object, expected: object) -> None:
     assert escape_cell(cell) == expected
 
@@ -294,7 +333,7 @@ def test_score_table_one_row_per_input_in_order(zero_shot: ZeroShotEmbeddingClas
         {"id": "3", "text": None, "gold": ""},
         {"id": "4", "text": "bad plot " * 3000, "gold": "plot"},
         {"id": "5", "gold": "bad"},  # column missing in this row (JSONL)
-        {"id": "=6", "text": "=HYPERLINK(\"http://x\")", "gold": "good"},
+        {"id": "=6", "text": '=HYPERLINK("http://x")', "gold": "good"},
     ]
     seen: list[float] = []
     result = score_table(zero_shot, rows, "text", "gold", progress=seen.append)

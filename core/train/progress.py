@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.jobs import JobManager, RunInfo
+from core.train.jobs import JobManager, RunInfo
 
 
 @dataclass
@@ -67,9 +67,17 @@ def read_progress(jobs: JobManager, run_id: str, log_lines: int = 12) -> RunProg
     """Rebuild a run's progress from ``events.jsonl``, the job status and the log tail."""
     info: RunInfo = jobs.status(run_id)
     events, _ = jobs.read_events(run_id)
-    progress = RunProgress(run_id=run_id, status=info.status, adapter_name=info.adapter_name, task=info.task,
-                           step=info.step, total_steps=info.total_steps, error=info.error,
-                           adapter_dir=info.adapter_dir, metrics=dict(info.metrics))
+    progress = RunProgress(
+        run_id=run_id,
+        status=info.status,
+        adapter_name=info.adapter_name,
+        task=info.task,
+        step=info.step,
+        total_steps=info.total_steps,
+        error=info.error,
+        adapter_dir=info.adapter_dir,
+        metrics=dict(info.metrics),
+    )
     for e in events:
         kind = e.get("type")
         if kind == "step":

@@ -17,43 +17,12 @@ import yaml
 from safetensors.torch import load_file
 
 from core.config import ConfigError, LoraSettings, TrainConfig
+from tests.toy_data import sft_cfg, write_cls, write_sft
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
-
-
-def write_sft(path: Path, repeats: int = 4) -> Path:
-    """A learnable toy chat set: user 'w<i>' -> assistant 'r<i> r<i+1>'."""
-    rows = [{"prompt": f"w{i}", "response": f"r{i} r{(i + 1) % 20}"} for i in range(20)] * repeats
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
-
-
-def write_cls(path: Path, n: int = 160) -> Path:
-    """Sentiment-like rows: a positive or a negative word among fillers decides the label."""
-    import random
-
-    rng = random.Random(0)
-    pos, neg, filler = ["good", "great", "fine"], ["bad", "awful", "poor"], ["the", "movie", "was", "a", "film",
-                                                                                "story", "really", "very", "plot"]
-    lines = ["text,label"]
-    for i in range(n):
-        label = "positive" if i % 2 else "negative"
-        words = rng.sample(filler, 4) + [rng.choice(pos if i % 2 else neg)]
-        rng.shuffle(words)
-        lines.append(f"{' '.join(words)},{label}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def sft_cfg(tiny_models: dict[str, Path], data: Path, **kw: object) -> TrainConfig:
-    base = dict(data_path=str(data), adapter_name="toy-sft", base_model=str(tiny_models["llama"]), max_steps=40,
-                lr=3e-2, batch_size=4, max_length=64, eval_fraction=0.1, warmup_ratio=0.0, precision="fp32",
-                lora=LoraSettings(r=16, alpha=32, dropout=0.0))
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -122,7 +91,7 @@ def test_config_yaml_roundtrip_and_example(tmp_path: Path) -> None:
 def test_sft_loss_matches_hf_shifted_loss_and_packing(tiny_models: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM
 
-    from core import train_loop as tl
+    from core.train import loop as tl
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
     torch.manual_seed(1)
@@ -136,8 +105,16 @@ def test_sft_loss_matches_hf_shifted_loss_and_packing(tiny_models: dict[str, Pat
         assert n == 12 - 5
         assert torch.allclose(mine / n, hf_a, atol=1e-5)
         # a and b packed in one row: same per-token losses, no cross-talk between the examples
-        packed = tl.collate_sft([{"input_ids": a[0].tolist() + b[0].tolist(), "labels": la[0].tolist() + lb[0].tolist(),
-                                  "position_ids": list(range(12)) + list(range(9))}], 0)
+        packed = tl.collate_sft(
+            [
+                {
+                    "input_ids": a[0].tolist() + b[0].tolist(),
+                    "labels": la[0].tolist() + lb[0].tolist(),
+                    "position_ids": list(range(12)) + list(range(9)),
+                }
+            ],
+            0,
+        )
         total, n2 = tl.sft_loss_sum(model, packed)
     assert n2 == 7 + 5
     assert torch.allclose(total, hf_a * 7 + hf_b * 5, atol=1e-4)
@@ -146,14 +123,15 @@ def test_sft_loss_matches_hf_shifted_loss_and_packing(tiny_models: dict[str, Pat
 # --- weights ---------------------------------------------------------------------------------------------------------
 
 
-def test_steps_move_lora_only_and_adapter_reloads(tiny_models: dict[str, Path], tmp_path: Path,
-                                                  demoforge_home: Path) -> None:
+def test_steps_move_lora_only_and_adapter_reloads(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
     from accelerate import Accelerator
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from core import train
-    from core import train_loop as tl
+    from core.train import loop as tl
+    from core.train import runner as train
 
     cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), adapter_name="moved")
     tok = tl.load_tokenizer(str(tiny_models["llama"]))
@@ -168,8 +146,21 @@ def test_steps_move_lora_only_and_adapter_reloads(tiny_models: dict[str, Path], 
     sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=40)
     model, opt = acc.prepare(model, opt)
     batches = tl.epoch_batches(data.train_rows, cfg.batch_size, 0, 0, 0, 1, False)
-    losses = [train._step(acc, model, opt, sched, params, batches[i % len(batches):][:1], data.train_rows,
-                          tl.collate_sft, tok.pad_token_id, cfg)[0] for i in range(40)]
+    losses = [
+        train._step(
+            acc,
+            model,
+            opt,
+            sched,
+            params,
+            batches[i % len(batches) :][:1],
+            data.train_rows,
+            tl.collate_sft,
+            tok.pad_token_id,
+            cfg,
+        )[0]
+        for i in range(40)
+    ]
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
     now = dict(model.named_parameters())
     assert all(torch.equal(now[k], v) for k, v in base0.items()), "base weights must stay frozen"
@@ -197,8 +188,8 @@ def test_grad_accumulation_matches_one_big_batch(tiny_models: dict[str, Path], t
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from core import train
-    from core import train_loop as tl
+    from core.train import loop as tl
+    from core.train import runner as train
 
     cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_length=16)
     tok = tl.load_tokenizer(str(tiny_models["llama"]))
@@ -211,8 +202,9 @@ def test_grad_accumulation_matches_one_big_batch(tiny_models: dict[str, Path], t
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=1.0)
         sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=10)
-        loss, tokens = train._step(acc, model, opt, sched, params, window, data.train_rows, tl.collate_sft,
-                                   tok.pad_token_id, cfg)
+        loss, tokens = train._step(
+            acc, model, opt, sched, params, window, data.train_rows, tl.collate_sft, tok.pad_token_id, cfg
+        )
         results.append((loss, tokens, tl.lora_state(model)))
     (l1, t1, s1), (l2, t2, s2) = results
     assert t1 == t2 and abs(l1 - l2) < 1e-5
@@ -226,8 +218,8 @@ def test_sft_run_events_card_and_reload(tiny_models: dict[str, Path], tmp_path: 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core import train
-    from core import train_loop as tl
+    from core.train import loop as tl
+    from core.train import runner as train
 
     run_dir = tmp_path / "run"
     result = train.run(sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), eval_every=10), run_dir)
@@ -247,26 +239,36 @@ def test_sft_run_events_card_and_reload(tiny_models: dict[str, Path], tmp_path: 
     assert card["task"] == "sft" and card["data"]["fingerprint"] and card["demoforge_version"]
     assert card["metrics"]["best_eval_loss"] == min(e["metrics"]["eval_loss"] for e in evals)
     assert card["config"]["lora"]["r"] == 16
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]),
-                                         result.adapter_dir)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), result.adapter_dir)
     assert tl.state_hash(tl.lora_state(reloaded)) == events[-1]["lora_hash"]
 
 
-def test_classification_run_trains_head_and_labels_in_card(tiny_models: dict[str, Path], tmp_path: Path,
-                                                           demoforge_home: Path) -> None:
+def test_classification_run_trains_head_and_labels_in_card(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from core import train
-    from core import train_loop as tl
+    from core.train import loop as tl
+    from core.train import runner as train
 
     # lr 3e-3 for 300 steps on 320 rows reached macro-F1 >= 0.975 for 8 seeds x {fp32, bf16} x {AVX-512/AMX, AVX2}
     # kernels; the earlier lr 1e-2 x 120 steps sat on a cliff (0.66-1.0 across seeds, 0.87 on an AMD EPYC). A run
     # that learns nothing scores ~0.33-0.5, so 0.9 still catches a broken trainer with a margin for any CPU's rounding.
-    cfg = TrainConfig(data_path=str(write_cls(tmp_path / "c.csv", n=320)), adapter_name="toy-cls",
-                      task="classification", base_model=str(tiny_models["bert"]), max_steps=300, lr=3e-3, batch_size=16,
-                      max_length=32, eval_fraction=0.25, eval_every=25, precision="fp32",
-                      lora=LoraSettings(r=8, alpha=16, dropout=0.0))
+    cfg = TrainConfig(
+        data_path=str(write_cls(tmp_path / "c.csv", n=320)),
+        adapter_name="toy-cls",
+        task="classification",
+        base_model=str(tiny_models["bert"]),
+        max_steps=300,
+        lr=3e-3,
+        batch_size=16,
+        max_length=32,
+        eval_fraction=0.25,
+        eval_every=25,
+        precision="fp32",
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+    )
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
     assert result.metrics["best_macro_f1"] >= 0.9, result.metrics  # the shipped adapter is the best one
@@ -283,13 +285,20 @@ def test_classification_run_trains_head_and_labels_in_card(tiny_models: dict[str
     assert [card["labels"][i] for i in pred] == ["positive", "negative", "positive", "negative"]
 
 
-def test_time_budget_stops_early_and_keeps_adapter(tiny_models: dict[str, Path], tmp_path: Path,
-                                                   demoforge_home: Path) -> None:
-    from core import train
+def test_time_budget_stops_early_and_keeps_adapter(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
+    from core.train import runner as train
 
     # also exercises the bf16-autocast ('auto' on this CPU) and gradient-checkpointing paths
-    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=100_000, time_budget_minutes=0.06,
-                  precision="auto", gradient_checkpointing=True)
+    cfg = sft_cfg(
+        tiny_models,
+        write_sft(tmp_path / "d.jsonl"),
+        max_steps=100_000,
+        time_budget_minutes=0.06,
+        precision="auto",
+        gradient_checkpointing=True,
+    )
     t0 = time.monotonic()
     result = train.run(cfg, tmp_path / "run")
     took = time.monotonic() - t0
@@ -299,7 +308,7 @@ def test_time_budget_stops_early_and_keeps_adapter(tiny_models: dict[str, Path],
 
 
 def test_qlora_on_cpu_fails_clearly(tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path) -> None:
-    from core import train
+    from core.train import runner as train
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -311,8 +320,9 @@ def test_qlora_on_cpu_fails_clearly(tiny_models: dict[str, Path], tmp_path: Path
 # --- worker processes ------------------------------------------------------------------------------------------------
 
 
-def test_sigterm_stops_then_resume_ends_at_planned_steps(tiny_models: dict[str, Path], tmp_path: Path,
-                                                         demoforge_home: Path) -> None:
+def test_sigterm_stops_then_resume_ends_at_planned_steps(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
     total = 150
     cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=total, eval_every=50, adapter_name="sr")
     cfg_path = tmp_path / "cfg.yaml"
@@ -332,8 +342,14 @@ def test_sigterm_stops_then_resume_ends_at_planned_steps(tiny_models: dict[str, 
     assert (run_dir / "checkpoint" / "adapter_model.safetensors").is_file()
     assert not (demoforge_home / "adapters" / "sr").exists(), "a stopped run must not publish an adapter"
 
-    res = subprocess.run([sys.executable, "-m", "core.train", "--resume", str(run_dir)], cwd=REPO, env=worker_env(),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "core.train", "--resume", str(run_dir)],
+        cwd=REPO,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     events = read_events(run_dir)
     steps = [e["step"] for e in events if e["type"] == "step"]
@@ -344,16 +360,38 @@ def test_sigterm_stops_then_resume_ends_at_planned_steps(tiny_models: dict[str, 
     assert (demoforge_home / "adapters" / "sr" / "adapter_card.json").is_file()
 
 
-def test_torchrun_two_cpu_ranks_stay_in_sync(tiny_models: dict[str, Path], tmp_path: Path,
-                                             demoforge_home: Path) -> None:
-    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl", repeats=8), max_steps=12, eval_every=6,
-                  adapter_name="ddp", lora=LoraSettings(r=8, alpha=16, dropout=0.1))
+def test_torchrun_two_cpu_ranks_stay_in_sync(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
+    cfg = sft_cfg(
+        tiny_models,
+        write_sft(tmp_path / "d.jsonl", repeats=8),
+        max_steps=12,
+        eval_every=6,
+        adapter_name="ddp",
+        lora=LoraSettings(r=8, alpha=16, dropout=0.1),
+    )
     cfg.to_yaml(tmp_path / "cfg.yaml")
     run_dir = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "core.train",
-                          str(tmp_path / "cfg.yaml"), "--run-dir", str(run_dir)], cwd=REPO, env=worker_env(),
-                         capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "core.train",
+            str(tmp_path / "cfg.yaml"),
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     events = read_events(run_dir)
     assert events[0]["world_size"] == 2 and events[-1]["status"] == "finished"

@@ -18,7 +18,7 @@ from typing import Literal
 
 from core import adapters, store
 from core import data as data_io
-from core.classify import (
+from core.classify.classifiers import (
     BaseClassifier,
     ClassifyError,
     FineTunedClassifier,
@@ -28,9 +28,9 @@ from core.classify import (
     is_blank,
     parse_labels,
 )
-from core.explain import Explanation, explain_text
+from core.classify.explain import Explanation, explain_text
+from core.classify.scoring import BatchResult, Metrics
 from core.models import LoadedModel
-from core.scoring import BatchResult, Metrics
 
 MethodKey = Literal["embedding", "chat", "adapter"]
 METHODS: dict[str, str] = {
@@ -97,8 +97,9 @@ class ClassifyService:
                     self._encoder = SentenceEncoder.load(device=self._device, dtype=self._dtype)  # type: ignore[arg-type]
         return self._encoder
 
-    def classifier(self, labels_spec: str | Sequence[str] | None, method: str | None = "embedding",
-                   adapter: str | None = None) -> BaseClassifier:
+    def classifier(
+        self, labels_spec: str | Sequence[str] | None, method: str | None = "embedding", adapter: str | None = None
+    ) -> BaseClassifier:
         """The classifier for a method: zero-shot over ``labels_spec``, or the fine-tuned ``adapter`` (its own labels).
 
         Raises:
@@ -110,32 +111,47 @@ class ClassifyService:
             return self._adapter_classifier(adapter)
         labels = tuple(parse_labels(labels_spec if labels_spec is not None else ""))
         if key == "embedding":
-            return self._cached(self._zero, ("embedding", labels), MAX_ZERO_SHOT,
-                                lambda: ZeroShotEmbeddingClassifier(list(labels), self.encoder()))
+            return self._cached(
+                self._zero,
+                ("embedding", labels),
+                MAX_ZERO_SHOT,
+                lambda: ZeroShotEmbeddingClassifier(list(labels), self.encoder()),
+            )
         chat = self._chat_model()
-        from core.classify_chat import ZeroShotChatClassifier
+        from core.classify.chat_likelihood import ZeroShotChatClassifier
 
         # Keyed by the model object too: a server restarted on another chat model gets fresh answer tokens.
-        return self._cached(self._zero, ("chat", id(chat.model), labels), MAX_ZERO_SHOT,
-                            lambda: ZeroShotChatClassifier(list(labels), chat))
+        return self._cached(
+            self._zero,
+            ("chat", id(chat.model), labels),
+            MAX_ZERO_SHOT,
+            lambda: ZeroShotChatClassifier(list(labels), chat),
+        )
 
     def _adapter_classifier(self, name: str | None) -> FineTunedClassifier:
         if not name or not str(name).strip():
-            raise ClassifyError("Pick a fine-tuned classification adapter (train one in the Fine-tune tab), or choose "
-                                "a zero-shot method.")
+            raise ClassifyError(
+                "Pick a fine-tuned classification adapter (train one in the Fine-tune tab), or choose "
+                "a zero-shot method."
+            )
         info = adapters.get(str(name).strip())
         if info.task != "classification":
-            raise ClassifyError(f"Adapter {info.name!r} is a {info.task} (chat) adapter; use it in the Chat tab, or "
-                                "pick a classification adapter.")
+            raise ClassifyError(
+                f"Adapter {info.name!r} is a {info.task} (chat) adapter; use it in the Chat tab, or "
+                "pick a classification adapter."
+            )
         # The weights' mtime is part of the key: retraining under the same name replaces the folder atomically,
         # and the next call loads the new adapter instead of serving the old one.
         weights = info.path / adapters.WEIGHTS
         key = (info.name, weights.stat().st_mtime_ns)
-        return self._cached(self._tuned, key, MAX_ADAPTERS,  # type: ignore[return-value]
-                            lambda: FineTunedClassifier.load(info.path, device=self._device, dtype=self._dtype))
+        return self._cached(
+            self._tuned,
+            key,
+            MAX_ADAPTERS,  # type: ignore[return-value]
+            lambda: FineTunedClassifier.load(info.path, device=self._device, dtype=self._dtype),
+        )
 
-    def _cached(self, cache: OrderedDict, key: tuple, limit: int, make: Callable[[], BaseClassifier]
-                ) -> BaseClassifier:
+    def _cached(self, cache: OrderedDict, key: tuple, limit: int, make: Callable[[], BaseClassifier]) -> BaseClassifier:
         with self._lock:  # one build per key even when two requests ask at once
             if key in cache:
                 cache.move_to_end(key)
@@ -148,22 +164,38 @@ class ClassifyService:
 
     # --- single text ------------------------------------------------------------------------------------------------
 
-    def classify(self, text: str, labels_spec: str | Sequence[str] | None, method: str | None = "embedding",
-                 adapter: str | None = None) -> Prediction:
+    def classify(
+        self,
+        text: str,
+        labels_spec: str | Sequence[str] | None,
+        method: str | None = "embedding",
+        adapter: str | None = None,
+    ) -> Prediction:
         """Classify one text (a blank text gets uniform probabilities and ``blank=True``)."""
         clf = self.classifier(labels_spec, method, adapter)
         return clf.predict([text or ""])[0]
 
-    def classify_timed(self, text: str, labels_spec: str | Sequence[str] | None, method: str | None = "embedding",
-                       adapter: str | None = None) -> tuple[Prediction, str, float]:
+    def classify_timed(
+        self,
+        text: str,
+        labels_spec: str | Sequence[str] | None,
+        method: str | None = "embedding",
+        adapter: str | None = None,
+    ) -> tuple[Prediction, str, float]:
         """:meth:`classify` plus the classifier's method line and the inference seconds (loading excluded)."""
         clf = self.classifier(labels_spec, method, adapter)
         start = time.perf_counter()
         pred = clf.predict([text or ""])[0]
         return pred, clf.method, time.perf_counter() - start
 
-    def explain(self, text: str, labels_spec: str | Sequence[str] | None, method: str | None = "embedding",
-                adapter: str | None = None, target_label: str | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        labels_spec: str | Sequence[str] | None,
+        method: str | None = "embedding",
+        adapter: str | None = None,
+        target_label: str | None = None,
+    ) -> Explanation:
         """Word attributions (occlusion) for the predicted label, or ``target_label``; see :mod:`core.explain`."""
         clf = self.classifier(labels_spec, method, adapter)
         return explain_text(clf, text or "", target_label or None)
@@ -171,8 +203,9 @@ class ClassifyService:
     # --- files ------------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def file_columns(path: str | Path, max_bytes: int = data_io.DEFAULT_MAX_BYTES
-                     ) -> tuple[list[str], str | None, str | None]:
+    def file_columns(
+        path: str | Path, max_bytes: int = data_io.DEFAULT_MAX_BYTES
+    ) -> tuple[list[str], str | None, str | None]:
         """(columns, guessed text column, guessed label column) of a CSV/TSV/JSON/JSONL file.
 
         The text guess is a known alias (text, sentence, ...), else the column with the longest cells; the label
@@ -184,10 +217,17 @@ class ClassifyService:
         table = data_io.read_table(path, max_bytes=max_bytes)
         return (list(table.columns), *_guess_columns(table))
 
-    def score_file(self, path: str | Path, text_column: str | None, label_column: str | None,
-                   labels_spec: str | Sequence[str] | None, method: str | None = "embedding",
-                   adapter: str | None = None, progress: Callable[[float], None] | None = None,
-                   max_bytes: int = data_io.DEFAULT_MAX_BYTES) -> BatchResult:
+    def score_file(
+        self,
+        path: str | Path,
+        text_column: str | None,
+        label_column: str | None,
+        labels_spec: str | Sequence[str] | None,
+        method: str | None = "embedding",
+        adapter: str | None = None,
+        progress: Callable[[float], None] | None = None,
+        max_bytes: int = data_io.DEFAULT_MAX_BYTES,
+    ) -> BatchResult:
         """Score every row of a file; one output row per input row, in order; metrics when a label column is given.
 
         Raises:
@@ -203,15 +243,24 @@ class ClassifyService:
             text_column = _guess_columns(table)[0]
         for role, col in (("text", text_column), ("label", label_column)):
             if col is not None and col not in table.columns:
-                raise ClassifyError(f"The {role} column {col!r} is not in {Path(path).name}; its columns are: "
-                                    f"{', '.join(table.columns)}.")
-        from core.scoring import score_table
+                raise ClassifyError(
+                    f"The {role} column {col!r} is not in {Path(path).name}; its columns are: "
+                    f"{', '.join(table.columns)}."
+                )
+        from core.classify.scoring import score_table
 
         return score_table(clf, table.rows, str(text_column), label_column, progress)
 
-    def compare(self, path: str | Path, text_column: str | None, label_column: str, labels_spec: str | None,
-                adapter: str, progress: Callable[[float], None] | None = None,
-                max_bytes: int = data_io.DEFAULT_MAX_BYTES) -> list[tuple[str, Metrics]]:
+    def compare(
+        self,
+        path: str | Path,
+        text_column: str | None,
+        label_column: str,
+        labels_spec: str | None,
+        adapter: str,
+        progress: Callable[[float], None] | None = None,
+        max_bytes: int = data_io.DEFAULT_MAX_BYTES,
+    ) -> list[tuple[str, Metrics]]:
         """Score the same labelled file with zero-shot (embeddings) and with ``adapter``; (method line, metrics) each.
 
         Raises:
@@ -221,6 +270,7 @@ class ClassifyService:
             raise ClassifyError("Comparing needs the true labels: pick the file's label column.")
         out: list[tuple[str, Metrics]] = []
         for i, (method, name) in enumerate((("embedding", None), ("adapter", adapter))):
+
             def part(f: float, i: int = i) -> None:
                 if progress:
                     progress((i + f) / 2)
@@ -246,9 +296,11 @@ class ClassifyService:
         rows = [(str(t), str(lb).strip()) for t, lb in zip(texts, labels) if not is_blank(t) and not is_blank(lb)]
         distinct = sorted({lb for _, lb in rows})
         if len(rows) < 2 or len(distinct) < 2:
-            raise ClassifyError(f"Fine-tuning needs at least 2 rows with a text and a corrected label, and at "
-                                f"least 2 different labels (got {len(rows)} row(s), labels: "
-                                f"{', '.join(distinct) or 'none'}).")
+            raise ClassifyError(
+                f"Fine-tuning needs at least 2 rows with a text and a corrected label, and at "
+                f"least 2 different labels (got {len(rows)} row(s), labels: "
+                f"{', '.join(distinct) or 'none'})."
+            )
         buf = io.StringIO(newline="")
         writer = csv.writer(buf)
         writer.writerow(["text", "label"])
@@ -266,6 +318,9 @@ def _guess_columns(table: data_io.RawTable) -> tuple[str | None, str | None]:
     label = next((by_lower[a] for a in data_io.ALIASES["label"] if a in by_lower and by_lower[a] != text), None)
     if text is None and table.columns:
         sample = table.rows[:200]
-        text = max((c for c in table.columns if c != label),
-                   key=lambda c: sum(len(str(r.get(c) or "")) for r in sample), default=None)
+        text = max(
+            (c for c in table.columns if c != label),
+            key=lambda c: sum(len(str(r.get(c) or "")) for r in sample),
+            default=None,
+        )
     return text, label

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from core import tokenize as tok
+from core.data import tokenize as tok
+from core.errors import DataError
+from core.specs import is_hub_id
 
 Task = Literal["sft", "classification"]
 Schema = Literal["messages", "prompt_response", "alpaca", "text", "classification"]
@@ -42,18 +44,15 @@ ALIASES: dict[str, tuple[str, ...]] = {
 # Spreadsheet and pandas spellings of a missing value; an empty cell is counted separately as "empty".
 _MISSING_STRINGS = frozenset({"nan", "NaN", "NAN", "None", "null", "NULL", "<NA>", "N/A", "#N/A"})
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FILE_EXTS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _UNSUPPORTED = {".xlsx": "Excel", ".xls": "Excel", ".parquet": "Parquet", ".arrow": "Arrow", ".zip": "zip"}
 _SFT_SCHEMAS: tuple[tuple[Schema, tuple[str, ...]], ...] = (
-    ("messages", ("messages",)), ("alpaca", ("instruction", "output")), ("prompt_response", ("prompt", "response"))
+    ("messages", ("messages",)),
+    ("alpaca", ("instruction", "output")),
+    ("prompt_response", ("prompt", "response")),
 )
 _SFT_ROLES = {"messages", "instruction", "input", "output", "prompt", "response", "system"}
 SAMPLE_ROWS = 3
-
-
-class DataError(ValueError):
-    """A problem with the user's data; the message says where, what was expected and how to fix it."""
 
 
 @dataclass
@@ -197,8 +196,14 @@ def load_data(
     examples, drops = _to_examples(table, schema, cols, system_prompt)
     report = DataReport(
         source=_name(source),
-        task=task, format=table.format, schema=schema, columns=cols, all_columns=table.columns,
-        rows_read=len(table.rows), rows_kept=0, max_length=max_length,
+        task=task,
+        format=table.format,
+        schema=schema,
+        columns=cols,
+        all_columns=table.columns,
+        rows_read=len(table.rows),
+        rows_kept=0,
+        max_length=max_length,
         fingerprint=data_fingerprint(source if _is_file(source) else table.rows),
     )
     names = None
@@ -211,10 +216,13 @@ def load_data(
     report.dropped_where = {r: w[:5] for r, w in drops.items()}
     report.rows_kept = len(examples)
     if not examples:
-        reasons = ", ".join(f"{n} {r} (e.g. {', '.join(report.dropped_where[r][:3])})"
-                            for r, n in report.dropped.items())
-        raise DataError(f"No usable rows in {report.source}: all {report.rows_read} were dropped: {reasons}. "
-                        f"Fill in the {' and '.join(repr(c) for c in cols.values())} column(s) and try again.")
+        reasons = ", ".join(
+            f"{n} {r} (e.g. {', '.join(report.dropped_where[r][:3])})" for r, n in report.dropped.items()
+        )
+        raise DataError(
+            f"No usable rows in {report.source}: all {report.rows_read} were dropped: {reasons}. "
+            f"Fill in the {' and '.join(repr(c) for c in cols.values())} column(s) and try again."
+        )
     if task == "classification":
         _label_warnings(report)
     if report.rows_dropped > 0.1 * report.rows_read:
@@ -241,16 +249,20 @@ def read_table(
         return _table_from_records(rows, [f"item {i + 1}" for i in range(len(rows))], "records")
     path = Path(source)
     if not path.exists():
-        if isinstance(source, str) and _HUB_ID.match(source) and path.suffix.lower() not in _FILE_EXTS:
+        if isinstance(source, str) and is_hub_id(source) and path.suffix.lower() not in _FILE_EXTS:
             return _read_hub(source, hub_split, max_bytes)
         raise DataError(f"File not found: {source}. Upload a CSV, TSV, JSON or JSONL file.")
     if path.suffix.lower() in _UNSUPPORTED:
-        raise DataError(f"{path.name} is a {_UNSUPPORTED[path.suffix.lower()]} file; export it as CSV (UTF-8) "
-                        "or JSONL and upload that instead.")
+        raise DataError(
+            f"{path.name} is a {_UNSUPPORTED[path.suffix.lower()]} file; export it as CSV (UTF-8) "
+            "or JSONL and upload that instead."
+        )
     size = path.stat().st_size  # before reading: a huge upload must not fill memory
     if size > max_bytes:
-        raise DataError(f"{path.name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit. "
-                        "Upload a smaller sample (a few thousand rows is plenty for a LoRA demo).")
+        raise DataError(
+            f"{path.name} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit. "
+            "Upload a smaller sample (a few thousand rows is plenty for a LoRA demo)."
+        )
     text = _decode(path.read_bytes(), path.name)
     if not text.strip():
         raise DataError(f"{path.name} is empty. Expected a header line and at least one data row.")
@@ -306,10 +318,8 @@ def _is_jsonl(text: str) -> bool:
 
 def _read_delimited(text: str, fmt: str, name: str, max_bytes: int) -> RawTable:
     header_line = text.split("\n", 1)[0]
-    if fmt == "tsv":
-        delim = "\t"
-    else:  # European Excel writes ';' and some tools write tabs into .csv: pick the delimiter the header uses
-        delim = max((",", ";", "\t"), key=lambda d: (header_line.count(d), d == ","))
+    # European Excel writes ';' and some tools write tabs into .csv: pick the delimiter the header uses
+    delim = "\t" if fmt == "tsv" else max((",", ";", "\t"), key=lambda d: (header_line.count(d), d == ","))
     # A field can be as large as the file; the default 128 KiB limit rejects long documents. C long caps it.
     csv.field_size_limit(max(csv.field_size_limit(), min(max_bytes, 2**31 - 1)))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
@@ -322,7 +332,7 @@ def _read_delimited(text: str, fmt: str, name: str, max_bytes: int) -> RawTable:
             if not rec or (len(rec) == 1 and not rec[0].strip()):
                 continue  # blank line
             if len(rec) > len(columns):
-                if any(v.strip() for v in rec[len(columns):]):
+                if any(v.strip() for v in rec[len(columns) :]):
                     raise DataError(
                         f"{name} line {start}: {len(rec)} fields but the header has {len(columns)} "
                         f"({', '.join(columns)}). Quote fields that contain '{_show(delim)}' (\"like{delim} this\") "
@@ -332,8 +342,10 @@ def _read_delimited(text: str, fmt: str, name: str, max_bytes: int) -> RawTable:
             rows.append(dict(zip(columns, rec + [None] * (len(columns) - len(rec)), strict=True)))
             where.append(f"line {start}")
     except csv.Error as e:
-        raise DataError(f"{name} line {reader.line_num}: cannot parse {fmt.upper()} ({e}). "
-                        "Check for an unclosed quote around there.") from None
+        raise DataError(
+            f"{name} line {reader.line_num}: cannot parse {fmt.upper()} ({e}). "
+            "Check for an unclosed quote around there."
+        ) from None
     if not rows:
         raise DataError(f"{name} has a header ({', '.join(columns)}) but no data rows. Add rows below the header.")
     return RawTable(rows, where, columns, fmt)
@@ -343,8 +355,10 @@ def _clean_header(header: list[str], name: str) -> list[str]:
     cols = [h.strip().lstrip("\ufeff").strip() or f"column_{i + 1}" for i, h in enumerate(header)]
     dup = [c for c, n in Counter(c.lower() for c in cols).items() if n > 1]
     if dup:
-        raise DataError(f"{name}: column name(s) {', '.join(dup)} appear more than once in the header "
-                        f"({', '.join(cols)}). Rename them so each column is unique.")
+        raise DataError(
+            f"{name}: column name(s) {', '.join(dup)} appear more than once in the header "
+            f"({', '.join(cols)}). Rename them so each column is unique."
+        )
     return cols
 
 
@@ -356,8 +370,10 @@ def _read_jsonl(text: str, name: str) -> RawTable:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{name} line {n}, column {e.colno}: broken JSON ({e.msg}). Each line must be one "
-                            'complete JSON object, e.g. {"text": "...", "label": "..."}.') from None
+            raise DataError(
+                f"{name} line {n}, column {e.colno}: broken JSON ({e.msg}). Each line must be one "
+                'complete JSON object, e.g. {"text": "...", "label": "..."}.'
+            ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{name} line {n}: expected a JSON object ({{...}}), found a {type(obj).__name__}.")
         rows.append(obj)
@@ -369,8 +385,10 @@ def _read_json(text: str, name: str) -> RawTable:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{name}: broken JSON at line {e.lineno}, column {e.colno} ({e.msg}). Check for a missing "
-                        "comma, quote or bracket there; the file must be one array of objects [{...}, ...].") from None
+        raise DataError(
+            f"{name}: broken JSON at line {e.lineno}, column {e.colno} ({e.msg}). Check for a missing "
+            "comma, quote or bracket there; the file must be one array of objects [{...}, ...]."
+        ) from None
     if not isinstance(data, list):
         raise DataError(f"{name}: expected a JSON array of objects [{{...}}, ...], found a {type(data).__name__}.")
     for i, obj in enumerate(data):
@@ -392,8 +410,10 @@ def _table_from_records(rows: list[dict], where: list[str], fmt: str, name: str 
 
 
 def _read_hub(dataset_id: str, split: str, max_bytes: int) -> RawTable:
-    offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    offline = any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
     hint = "Upload a CSV, TSV, JSON or JSONL file instead."
     if offline:
         raise DataError(f"Cannot reach the Hugging Face Hub to load {dataset_id!r} (offline mode). {hint}")
@@ -403,11 +423,14 @@ def _read_hub(dataset_id: str, split: str, max_bytes: int) -> RawTable:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as e:  # noqa: BLE001 - any failure here is reported to the user the same way
         reason = "cannot reach the Hugging Face Hub" if _looks_offline(e) else "could not load it"
-        raise DataError(f"Hub dataset {dataset_id!r} (split {split!r}): {reason} ({type(e).__name__}: {e}). "
-                        f"{hint}") from None
+        raise DataError(
+            f"Hub dataset {dataset_id!r} (split {split!r}): {reason} ({type(e).__name__}: {e}). {hint}"
+        ) from None
     if ds.data.nbytes > max_bytes:
-        raise DataError(f"Hub dataset {dataset_id!r} split {split!r} is {ds.data.nbytes / 1e6:.0f} MB, over the "
-                        f"{max_bytes / 1e6:.0f} MB limit. Load a slice instead, e.g. split '{split}[:5000]'.")
+        raise DataError(
+            f"Hub dataset {dataset_id!r} split {split!r} is {ds.data.nbytes / 1e6:.0f} MB, over the "
+            f"{max_bytes / 1e6:.0f} MB limit. Load a slice instead, e.g. split '{split}[:5000]'."
+        )
     rows = ds.to_list()
     return _table_from_records(rows, [f"row {i + 1}" for i in range(len(rows))], "hub", dataset_id)
 
@@ -436,8 +459,9 @@ def detect_schema(
         if role not in ALIASES:
             raise DataError(f"Unknown mapping role {role!r}; use one of: {', '.join(ALIASES)}.")
         if col.strip().lower() not in by_lower:
-            raise DataError(f"The mapping names column {col!r} for {role!r}, but the columns are: "
-                            f"{', '.join(columns)}.")
+            raise DataError(
+                f"The mapping names column {col!r} for {role!r}, but the columns are: {', '.join(columns)}."
+            )
         fixed[role] = by_lower[col.strip().lower()]
 
     def find(role: str, exclude: Sequence[str] = ()) -> str | None:
@@ -474,10 +498,15 @@ def detect_schema(
     text = find("text") if task != "classification" else None
     if text:
         return "sft", "text", {"text": text}
-    expected = ("text (or sentence, content, ...) and label (or category, intent, ...)" if task == "classification"
-                else "messages; or prompt + response; or instruction + input + output; or text")
-    raise DataError(f"Missing columns: expected {expected}; found {', '.join(columns) or 'none'}. Rename the "
-                    "columns or set the column mapping (e.g. text='your_column').")
+    expected = (
+        "text (or sentence, content, ...) and label (or category, intent, ...)"
+        if task == "classification"
+        else "messages; or prompt + response; or instruction + input + output; or text"
+    )
+    raise DataError(
+        f"Missing columns: expected {expected}; found {', '.join(columns) or 'none'}. Rename the "
+        "columns or set the column mapping (e.g. text='your_column')."
+    )
 
 
 # ---------------------------------------------------------------- rows -> examples
@@ -519,12 +548,14 @@ def _field(row: Mapping[str, Any], col: str, *, optional: bool = False, allow_in
     return v
 
 
-def _row_to_example(row: Mapping[str, Any], where: str, schema: Schema, cols: dict[str, str],
-                    system_prompt: str | None) -> Example:
+def _row_to_example(
+    row: Mapping[str, Any], where: str, schema: Schema, cols: dict[str, str], system_prompt: str | None
+) -> Example:
     if schema == "classification":
         label = _field(row, cols["label"], allow_int=True)
-        return Example(text=_field(row, cols["text"]), label=label.strip() if isinstance(label, str) else label,
-                       where=where)
+        return Example(
+            text=_field(row, cols["text"]), label=label.strip() if isinstance(label, str) else label, where=where
+        )
     if schema == "text":
         return Example(text=_field(row, cols["text"]), where=where)
     system = _field(row, cols["system"], optional=True) if "system" in cols else ""
@@ -536,8 +567,10 @@ def _row_to_example(row: Mapping[str, Any], where: str, schema: Schema, cols: di
         user = f"{user}\n\n{extra}" if extra.strip() else user
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": _field(row, cols["output"])}]
     else:
-        messages = [{"role": "user", "content": _field(row, cols["prompt"])},
-                    {"role": "assistant", "content": _field(row, cols["response"])}]
+        messages = [
+            {"role": "user", "content": _field(row, cols["prompt"])},
+            {"role": "assistant", "content": _field(row, cols["response"])},
+        ]
     system = system.strip() or system_prompt
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
@@ -590,16 +623,18 @@ def label_vocabulary(labels: Sequence[str | int], given: Sequence[str] | None = 
         unknown = sorted({str(v) for v in labels if isinstance(v, str) and v not in names})
         if unknown or (ints and max(ints) >= len(names)):
             bad = ", ".join(unknown[:10]) if unknown else f"id {max(ints)}"
-            raise DataError(f"Labels not in the given label list ({', '.join(names)}): {bad}. Add them to the list "
-                            "or fix the rows.")
+            raise DataError(
+                f"Labels not in the given label list ({', '.join(names)}): {bad}. Add them to the list or fix the rows."
+            )
         return names
     if ints:
         return [str(i) for i in range(max(ints) + 1)]
     return sorted({str(v) for v in labels})
 
 
-def _check_labels(examples: list[Example], drops: dict[str, list[str]], given: Sequence[str] | None,
-                  report: DataReport) -> tuple[list[Example], list[str]]:
+def _check_labels(
+    examples: list[Example], drops: dict[str, list[str]], given: Sequence[str] | None, report: DataReport
+) -> tuple[list[Example], list[str]]:
     # CSV cells are strings: a column of "0"/"1" holds integer ids, like JSON numbers do
     if all(isinstance(e.label, int) or re.fullmatch(r"-?\d+", str(e.label)) for e in examples):
         for e in examples:
@@ -616,8 +651,10 @@ def _check_labels(examples: list[Example], drops: dict[str, list[str]], given: S
     counts = Counter(e.label for e in examples)
     if len(counts) < 2:
         only = next(iter(counts))
-        raise DataError(f"Column {report.columns['label']!r} has a single class ({only!r}, {counts[only]} rows); "
-                        "classification needs at least 2 classes. Add rows of another class.")
+        raise DataError(
+            f"Column {report.columns['label']!r} has a single class ({only!r}, {counts[only]} rows); "
+            "classification needs at least 2 classes. Add rows of another class."
+        )
     names = label_vocabulary([e.label for e in examples], given)  # type: ignore[misc]
     report.label_names = names
     report.label_counts = {str(k): v for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))}
@@ -634,19 +671,32 @@ def _label_warnings(report: DataReport) -> None:
     counts = report.label_counts or {}
     big, small = max(counts.values()), min(counts.values())
     if big > 5 * small:
-        report.warnings.append(f"Imbalanced labels: the largest class has {big} rows, the smallest {small} "
-                               f"({big / small:.0f}x). Accuracy will flatter the model; watch per-class scores.")
+        report.warnings.append(
+            f"Imbalanced labels: the largest class has {big} rows, the smallest {small} "
+            f"({big / small:.0f}x). Accuracy will flatter the model; watch per-class scores."
+        )
     rare = [k for k, v in counts.items() if v < 5]
     if rare:
-        report.warnings.append(f"Classes with fewer than 5 examples: {', '.join(rare[:10])}"
-                               + (" ..." if len(rare) > 10 else "") + ". Add examples or merge them.")
+        report.warnings.append(
+            f"Classes with fewer than 5 examples: {', '.join(rare[:10])}"
+            + (" ..." if len(rare) > 10 else "")
+            + ". Add examples or merge them."
+        )
 
 
-def _tokenize(tokenizer: Any, examples: list[Example], task: Task, names: list[str] | None, max_length: int | None,
-              drops: dict[str, list[str]], report: DataReport) -> tuple[list[Example], list]:
+def _tokenize(
+    tokenizer: Any,
+    examples: list[Example],
+    task: Task,
+    names: list[str] | None,
+    max_length: int | None,
+    drops: dict[str, list[str]],
+    report: DataReport,
+) -> tuple[list[Example], list]:
     if task == "classification":
         encoded, lengths = tok.encode_classification(
-            tokenizer, [e.text or "" for e in examples], label_ids(examples, names or []), max_length)
+            tokenizer, [e.text or "" for e in examples], label_ids(examples, names or []), max_length
+        )
         if max_length is not None:
             report.truncated = sum(n > max_length for n in lengths)
             report.too_long_policy = "truncated"  # one long review still has a label worth learning
@@ -654,15 +704,20 @@ def _tokenize(tokenizer: Any, examples: list[Example], task: Task, names: list[s
         return examples, encoded
     if any(e.messages for e in examples) and tok.ensure_chat_template(tokenizer):
         report.warnings.append("The tokenizer has no chat template; using ChatML (<|im_start|>role ... <|im_end|>).")
-    tokenized = [tok.tokenize_chat(tokenizer, e.messages) if e.messages else tok.tokenize_text(tokenizer, e.text or "")
-                 for e in examples]
+    tokenized = [
+        tok.tokenize_chat(tokenizer, e.messages) if e.messages else tok.tokenize_text(tokenizer, e.text or "")
+        for e in examples
+    ]
     report.token_lengths = _percentiles([len(t) for t in tokenized], max_length)
     if max_length is None:
         return examples, tokenized
     report.too_long_policy = "dropped"  # a cut-off reply would teach the model to stop mid-sentence
     keep = [i for i, t in enumerate(tokenized) if len(t) <= max_length]
-    drops["too long"] = [f"{examples[i].where} ({len(tokenized[i])} tokens)"
-                         for i in range(len(examples)) if len(tokenized[i]) > max_length]
+    drops["too long"] = [
+        f"{examples[i].where} ({len(tokenized[i])} tokens)"
+        for i in range(len(examples))
+        if len(tokenized[i]) > max_length
+    ]
     if not drops["too long"]:
         del drops["too long"]
     return [examples[i] for i in keep], [tokenized[i] for i in keep]
@@ -749,4 +804,3 @@ def _sample(e: Example) -> dict[str, Any]:
     if e.label is not None:
         out["label"] = e.label
     return out
-

@@ -169,8 +169,10 @@ def pack_examples(examples: Sequence[TokenizedExample], max_length: int) -> list
     """
     too_long = [i for i, e in enumerate(examples) if len(e) > max_length]
     if too_long:
-        raise ValueError(f"{len(too_long)} example(s) longer than max_length={max_length} (first: index "
-                         f"{too_long[0]}, {len(examples[too_long[0]])} tokens); drop them before packing.")
+        raise ValueError(
+            f"{len(too_long)} example(s) longer than max_length={max_length} (first: index "
+            f"{too_long[0]}, {len(examples[too_long[0]])} tokens); drop them before packing."
+        )
     order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))  # index tie-break: deterministic
     rows: list[PackedRow] = []
     free: list[int] = []  # free[j] = room left in rows[j]

@@ -25,31 +25,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from core import store
 from core.config import ConfigError, TrainConfig
+from core.errors import TrainError
 
 IGNORE = -100
 
 
-class TrainError(RuntimeError):
-    """Training cannot start or continue; the message says why and what to change."""
-
-
 # --- model ----------------------------------------------------------------------------------------------------------
-
-
-def resolve_base(spec: str, task: str) -> str:
-    """Map a base-model spec to something ``from_pretrained`` accepts (embedded folder, local folder or Hub id)."""
-    from core import models
-
-    key = spec.strip().lower()
-    if key in ("default", "embedded", "smollm2") and task == "sft":
-        return str(models.embedded_chat_path())
-    if key in ("default", "minilm", "embedded") and task == "classification":
-        return str(models.embedded_encoder_path())
-    if key in ("minilm",) and task == "sft":
-        raise ConfigError("base_model 'minilm' is an encoder: it can only be used with task 'classification'.")
-    if key in ("smollm2",) and task == "classification":
-        return str(models.embedded_chat_path())  # a causal LM with a new score head also classifies
-    return spec
 
 
 def pick_mixed_precision(precision: str) -> str:
@@ -167,8 +148,8 @@ class TrainData:
 
 def load_train_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
     """Read, validate, tokenise, split and (sft) pack the data with ``core.data``; DataError explains bad input."""
-    from core import data as D
-    from core import tokenize as T
+    from core.data import dataset as D
+    from core.data import tokenize as T
 
     mapping = cfg.columns or None
     loaded = D.load_data(cfg.data_path, cfg.task, mapping=mapping, tokenizer=tokenizer, max_length=cfg.max_length)
@@ -176,8 +157,14 @@ def load_train_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
     names = [str(n) for n in loaded.label_names] if loaded.label_names is not None else None
     fingerprint = loaded.report.fingerprint
     if cfg.eval_path:
-        ev = D.load_data(cfg.eval_path, cfg.task, mapping=mapping, tokenizer=tokenizer, max_length=cfg.max_length,
-                         label_names=loaded.label_names)
+        ev = D.load_data(
+            cfg.eval_path,
+            cfg.task,
+            mapping=mapping,
+            tokenizer=tokenizer,
+            max_length=cfg.max_length,
+            label_names=loaded.label_names,
+        )
         train_items, eval_items = items, list(ev.tokenized or [])
         fingerprint += "+" + ev.report.fingerprint
     else:
@@ -193,11 +180,21 @@ def load_train_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
         eval_rows = [{"input_ids": list(x.input_ids), "label": int(x.label)} for x in eval_items]
     rep = loaded.report
     summary = {
-        "source": rep.source, "format": rep.format, "schema": rep.schema, "columns": rep.columns,
-        "rows_read": rep.rows_read, "rows_kept": rep.rows_kept, "dropped": rep.dropped,
-        "label_counts": rep.label_counts, "token_lengths": rep.token_lengths, "eval_source": cfg.eval_path,
-        "train_examples": len(train_items), "eval_examples": len(eval_items),
-        "train_rows": len(train_rows), "eval_rows": len(eval_rows), "fingerprint": fingerprint,
+        "source": rep.source,
+        "format": rep.format,
+        "schema": rep.schema,
+        "columns": rep.columns,
+        "rows_read": rep.rows_read,
+        "rows_kept": rep.rows_kept,
+        "dropped": rep.dropped,
+        "label_counts": rep.label_counts,
+        "token_lengths": rep.token_lengths,
+        "eval_source": cfg.eval_path,
+        "train_examples": len(train_items),
+        "eval_examples": len(eval_items),
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "fingerprint": fingerprint,
     }
     return TrainData(train_rows, eval_rows, names, summary, fingerprint)
 
@@ -222,8 +219,11 @@ def epoch_batches(
     order = torch.randperm(len(rows), generator=gen).tolist()
     if by_length:
         chunk = rows_per_batch * 16
-        order = [i for s in range(0, len(order), chunk)
-                 for i in sorted(order[s : s + chunk], key=lambda j: len(rows[j]["input_ids"]))]
+        order = [
+            i
+            for s in range(0, len(order), chunk)
+            for i in sorted(order[s : s + chunk], key=lambda j: len(rows[j]["input_ids"]))
+        ]
     batches = [order[s : s + rows_per_batch] for s in range(0, len(order), rows_per_batch)]
     if by_length:
         perm = torch.randperm(len(batches), generator=gen).tolist()

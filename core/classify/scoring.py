@@ -11,7 +11,7 @@ from typing import Any
 
 from core import data as data_io
 from core import store
-from core.classify import BaseClassifier, ClassifyError, is_blank
+from core.classify.classifiers import BaseClassifier, ClassifyError, is_blank
 
 PREDICTED_COLUMN = "predicted_label"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -87,7 +87,11 @@ def compute_metrics(gold: Sequence[str | None], predicted: Sequence[str], labels
     return Metrics(
         accuracy=correct / n if n else 0.0,
         macro_f1=sum(counted) / len(counted) if counted else 0.0,
-        confusion=confusion, labels=order, per_label_f1=f1s, n=n, n_without_gold=len(gold) - n,
+        confusion=confusion,
+        labels=order,
+        per_label_f1=f1s,
+        n=n,
+        n_without_gold=len(gold) - n,
     )
 
 
@@ -135,8 +139,9 @@ def score_table(
         metrics = compute_metrics([r.get(label_column) for r in rows], predicted, labels)
     blank = [i for i, t in enumerate(texts) if not t.strip()]
     if blank:
-        warnings.append(f"{len(blank)} row(s) have an empty text and got uniform probabilities "
-                        f"(first: row {blank[0] + 1}).")
+        warnings.append(
+            f"{len(blank)} row(s) have an empty text and got uniform probabilities (first: row {blank[0] + 1})."
+        )
     return BatchResult(rows, columns, list(labels), metrics, blank, warnings)
 
 

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import sft_cfg, write_sft
 
-from core.jobs import JobBusyError, JobError, JobManager
+from core.train.jobs import JobBusyError, JobError, JobManager
+from tests.toy_data import sft_cfg, write_sft
 
 
-def wait_until(predicate, timeout: float = 60.0) -> None:  # noqa: ANN001
+def wait_until(predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -35,8 +35,9 @@ def jm(demoforge_home: Path, monkeypatch: pytest.MonkeyPatch) -> JobManager:
     return JobManager(grace_s=30)
 
 
-def test_busy_reattach_after_restart_and_stop(jm: JobManager, tiny_models: dict[str, Path], tmp_path: Path,
-                                              demoforge_home: Path) -> None:
+def test_busy_reattach_after_restart_and_stop(
+    jm: JobManager, tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
     cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=100_000, adapter_name="long run")
     run_id = jm.start(cfg)
     run_dir = demoforge_home / "runs" / run_id
@@ -60,8 +61,9 @@ def test_busy_reattach_after_restart_and_stop(jm: JobManager, tiny_models: dict[
     assert [r.run_id for r in restarted.list_runs()] == [run_id]
 
 
-def test_sigkilled_worker_is_crashed_and_leaves_no_adapter(jm: JobManager, tiny_models: dict[str, Path],
-                                                           tmp_path: Path, demoforge_home: Path) -> None:
+def test_sigkilled_worker_is_crashed_and_leaves_no_adapter(
+    jm: JobManager, tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
     cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=100_000, adapter_name="killed")
     run_id = jm.start(cfg)
     wait_until(lambda: has_step(jm, run_id, 2))
@@ -77,8 +79,9 @@ def test_sigkilled_worker_is_crashed_and_leaves_no_adapter(jm: JobManager, tiny_
     assert jm.active() is None  # a crashed run does not block the next one
 
 
-def test_finished_run_and_incremental_events(jm: JobManager, tiny_models: dict[str, Path], tmp_path: Path,
-                                             demoforge_home: Path) -> None:
+def test_finished_run_and_incremental_events(
+    jm: JobManager, tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
     run_id = jm.start(sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=6, adapter_name="short"))
     seen, offset = [], 0
     deadline = time.monotonic() + 90

@@ -24,9 +24,10 @@ from accelerate.state import AcceleratorState
 
 import core
 from core import store
-from core import train_loop as tl
 from core.config import ConfigError, TrainConfig
-from core.jobs import new_run_id
+from core.models import resolve_base
+from core.train import loop as tl
+from core.train.jobs import new_run_id
 
 
 @dataclass
@@ -60,8 +61,12 @@ class EventLog:
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         """Write one event (adds ``type``, ``time`` and ``elapsed_s``) and its log line."""
-        event = {"type": type_, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "elapsed_s": round(time.monotonic() - self.t0, 2), **fields}
+        event = {
+            "type": type_,
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "elapsed_s": round(time.monotonic() - self.t0, 2),
+            **fields,
+        }
         if self.enabled:
             self._events.write(json.dumps(event, default=str) + "\n")
             self._events.flush()
@@ -81,8 +86,10 @@ class EventLog:
 
 def _describe(e: dict[str, Any]) -> str:
     if e["type"] == "step":
-        return (f"step {e['step']}/{e['total_steps']} epoch {e['epoch']:.2f} loss {e['loss']:.4f} lr {e['lr']:.2e} "
-                f"{e['tokens_per_s']:.0f} tok/s eta {e['eta_s']:.0f}s")
+        return (
+            f"step {e['step']}/{e['total_steps']} epoch {e['epoch']:.2f} loss {e['loss']:.4f} lr {e['lr']:.2e} "
+            f"{e['tokens_per_s']:.0f} tok/s eta {e['eta_s']:.0f}s"
+        )
     if e["type"] == "eval":
         return f"eval at step {e['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in e["metrics"].items())
     rest = {k: v for k, v in e.items() if k not in ("type", "time")}
@@ -119,7 +126,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, stop: StopFlag | 
         cfg.to_yaml(run_dir / "config.yaml")
     try:
         return _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed)
-    except BaseException as exc:  # the UI must see a failure, never a silent death
+    except BaseException as exc:  # noqa: BLE001 - the UI must see a failure, never a silent death
         status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
         message = f"{type(exc).__name__}: {exc}"
         events.emit("end", status=status, error=message, world_size=world, rank=rank)
@@ -132,10 +139,10 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, stop: StopFlag | 
         events.close()
 
 
-def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -> RunResult:  # noqa: ANN001, PLR0915
+def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -> RunResult:  # noqa: ANN001
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(cfg.seed)
-    base_path = tl.resolve_base(cfg.base_model, cfg.task)
+    base_path = resolve_base(cfg.base_model, cfg.task)
     tokenizer = tl.load_tokenizer(base_path)
     data = tl.load_train_data(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -155,11 +162,13 @@ def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -
     if resume:
         pos = tl.load_position(run_dir)
         if pos.world_size != world:
-            raise tl.TrainError(f"The checkpoint was written by {pos.world_size} processes; resume with the same number"
-                                f" (now {world}).")
+            raise tl.TrainError(
+                f"The checkpoint was written by {pos.world_size} processes; resume with the same number (now {world})."
+            )
         if pos.data_fingerprint != data.fingerprint:
-            raise tl.TrainError("The training data changed since the checkpoint (fingerprint differs); "
-                                "start a new run.")
+            raise tl.TrainError(
+                "The training data changed since the checkpoint (fingerprint differs); start a new run."
+            )
     else:
         pos.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
 
@@ -172,22 +181,39 @@ def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -
         eval_s = n_eval_batches * step_s / cfg.grad_accum / 3  # forward only ~1/3 of forward+backward
         planned = pos.total_steps
         pos.total_steps = max(1, min(planned, int((budget * 0.9 - 6 * eval_s - 3 * step_s) / step_s)))
-        events.log(f"time budget {cfg.time_budget_minutes} min: ~{step_s:.2f}s/step -> {pos.total_steps} of "
-                   f"{planned} planned steps")
+        events.log(
+            f"time budget {cfg.time_budget_minutes} min: ~{step_s:.2f}s/step -> {pos.total_steps} of "
+            f"{planned} planned steps"
+        )
     deadline = t_start + cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
 
     from transformers import get_scheduler
 
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * pos.total_steps),
-                              num_training_steps=pos.total_steps)
+    scheduler = get_scheduler(
+        cfg.scheduler,
+        optimizer,
+        num_warmup_steps=round(cfg.warmup_ratio * pos.total_steps),
+        num_training_steps=pos.total_steps,
+    )
     if resume:
         tl.load_checkpoint(accelerator, model, optimizer, scheduler, run_dir)
     eval_every = cfg.eval_every or max(1, pos.total_steps // 5)
-    events.emit("start", task=cfg.task, base_model=cfg.base_model, adapter_name=cfg.adapter_name,
-                total_steps=pos.total_steps, resumed_from_step=pos.step if resume else None, world_size=world,
-                mixed_precision=accelerator.mixed_precision, device=str(accelerator.device),
-                train_rows=len(data.train_rows), eval_rows=len(data.eval_rows), steps_per_epoch=per_epoch,
-                labels=data.labels, trainable_params=sum(p.numel() for p in params))
+    events.emit(
+        "start",
+        task=cfg.task,
+        base_model=cfg.base_model,
+        adapter_name=cfg.adapter_name,
+        total_steps=pos.total_steps,
+        resumed_from_step=pos.step if resume else None,
+        world_size=world,
+        mixed_precision=accelerator.mixed_precision,
+        device=str(accelerator.device),
+        train_rows=len(data.train_rows),
+        eval_rows=len(data.eval_rows),
+        steps_per_epoch=per_epoch,
+        labels=data.labels,
+        trainable_params=sum(p.numel() for p in params),
+    )
 
     unwrapped = accelerator.unwrap_model(model)
     last_metrics: dict[str, float] = {}
@@ -199,8 +225,9 @@ def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -
             batches, loaded_epoch = batches_for(pos.epoch), pos.epoch
         window = batches[pos.batch_index : pos.batch_index + cfg.grad_accum]
         t0 = time.monotonic()
-        loss, tokens = _step(accelerator, model, optimizer, scheduler, params, window, data.train_rows, collate,
-                             pad_id, cfg)
+        loss, tokens = _step(
+            accelerator, model, optimizer, scheduler, params, window, data.train_rows, collate, pad_id, cfg
+        )
         pos.step += 1
         pos.batch_index += len(window)
         if pos.batch_index >= len(batches):
@@ -212,10 +239,16 @@ def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -
         out_of_time = deadline is not None and time.monotonic() + step_avg > deadline
         flags = tl.all_reduce_sum(accelerator, torch.tensor([float(stop.requested), float(out_of_time)]))
         pos.tokens_seen += tokens
-        events.emit("step", step=pos.step, total_steps=pos.total_steps,
-                    epoch=round(pos.epoch + pos.batch_index / len(batches), 4), loss=loss,
-                    lr=scheduler.get_last_lr()[0], tokens_per_s=sum(t for _, t in recent) / sum(s for s, _ in recent),
-                    eta_s=round(step_avg * (pos.total_steps - pos.step), 1))
+        events.emit(
+            "step",
+            step=pos.step,
+            total_steps=pos.total_steps,
+            epoch=round(pos.epoch + pos.batch_index / len(batches), 4),
+            loss=loss,
+            lr=scheduler.get_last_lr()[0],
+            tokens_per_s=sum(t for _, t in recent) / sum(s for s, _ in recent),
+            eta_s=round(step_avg * (pos.total_steps - pos.step), 1),
+        )
         if flags[0] > 0:
             tl.save_checkpoint(accelerator, model, optimizer, scheduler, pos, run_dir)
             events.emit("checkpoint", step=pos.step, path=str(run_dir / "checkpoint"), reason="stop")
@@ -223,8 +256,9 @@ def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -
             break
         due_eval = data.eval_rows and (pos.step % eval_every == 0 or pos.step == pos.total_steps or flags[1] > 0)
         if due_eval:
-            last_metrics = _eval_and_keep_best(accelerator, unwrapped, data, cfg, pad_id, n_labels, pos, run_dir,
-                                               events)
+            last_metrics = _eval_and_keep_best(
+                accelerator, unwrapped, data, cfg, pad_id, n_labels, pos, run_dir, events
+            )
         if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.step < pos.total_steps:
             tl.save_checkpoint(accelerator, model, optimizer, scheduler, pos, run_dir)
             events.emit("checkpoint", step=pos.step, path=str(run_dir / "checkpoint"), reason="periodic")
@@ -236,13 +270,26 @@ def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -
         tl.restore_best(unwrapped, run_dir)  # ship the best adapter by eval (every rank, so hashes stay comparable)
     lora_hash = tl.state_hash(tl.lora_state(unwrapped))
     print(f"[rank {rank}/{world}] step {pos.step} lora_sha256 {lora_hash}", flush=True)
-    metrics: dict[str, Any] = {"steps": pos.step, "total_steps": pos.total_steps, "tokens_seen": pos.tokens_seen,
-                               "train_seconds": round(pos.train_seconds, 2),
-                               "tokens_per_s": round(pos.tokens_seen / max(pos.train_seconds, 1e-9), 1),
-                               "final_loss": loss if pos.step else None, **last_metrics}
+    metrics: dict[str, Any] = {
+        "steps": pos.step,
+        "total_steps": pos.total_steps,
+        "tokens_seen": pos.tokens_seen,
+        "train_seconds": round(pos.train_seconds, 2),
+        "tokens_per_s": round(pos.tokens_seen / max(pos.train_seconds, 1e-9), 1),
+        "final_loss": loss if pos.step else None,
+        **last_metrics,
+    }
     if status == "stopped":
-        events.emit("end", status=status, step=pos.step, total_steps=pos.total_steps, signal=stop.signal_name,
-                    world_size=world, lora_hash=lora_hash, metrics=metrics)
+        events.emit(
+            "end",
+            status=status,
+            step=pos.step,
+            total_steps=pos.total_steps,
+            signal=stop.signal_name,
+            world_size=world,
+            lora_hash=lora_hash,
+            metrics=metrics,
+        )
         return RunResult(status, run_dir, metrics=metrics)
     adapter_dir = None
     if pos.best_metric is not None:
@@ -251,8 +298,16 @@ def _train(cfg, run_dir, resume, stop, accelerator, events, t_start, set_seed) -
         adapter_dir = save_adapter(unwrapped, tokenizer, cfg, data, base_path, metrics, run_dir)
         events.emit("checkpoint", step=pos.step, path=str(adapter_dir), reason="adapter")
     accelerator.wait_for_everyone()
-    events.emit("end", status=status, step=pos.step, total_steps=pos.total_steps, world_size=world,
-                lora_hash=lora_hash, adapter_dir=str(adapter_dir) if adapter_dir else None, metrics=metrics)
+    events.emit(
+        "end",
+        status=status,
+        step=pos.step,
+        total_steps=pos.total_steps,
+        world_size=world,
+        lora_hash=lora_hash,
+        adapter_dir=str(adapter_dir) if adapter_dir else None,
+        metrics=metrics,
+    )
     return RunResult(status, run_dir, adapter_dir, metrics)
 
 
@@ -336,8 +391,15 @@ def _eval_and_keep_best(accelerator, model, data, cfg, pad_id, n_labels, pos, ru
     return metrics
 
 
-def save_adapter(model: Any, tokenizer: Any, cfg: TrainConfig, data: tl.TrainData, base_path: str,
-                 metrics: dict[str, Any], run_dir: Path) -> Path:
+def save_adapter(
+    model: Any,
+    tokenizer: Any,
+    cfg: TrainConfig,
+    data: tl.TrainData,
+    base_path: str,
+    metrics: dict[str, Any],
+    run_dir: Path,
+) -> Path:
     """Write ``adapters/<safe name>/`` atomically: peft adapter (safetensors), tokenizer, card JSON and README."""
     final = store.subdir("adapters") / store.safe_name(cfg.adapter_name)
     card = {
@@ -364,24 +426,32 @@ def save_adapter(model: Any, tokenizer: Any, cfg: TrainConfig, data: tl.TrainDat
 
 def _card_markdown(card: dict[str, Any]) -> str:
     m = card["metrics"]
-    lines = [f"# {card['name']}", "", f"LoRA adapter ({card['task']}) for `{card['base_model']}`, trained with "
-             f"DemoForge {card['demoforge_version']} on {card['created']}.", "",
-             f"- **Data**: `{card['data'].get('source')}`, {card['data'].get('train_rows')} training rows, "
-             f"{card['data'].get('eval_rows')} eval rows, fingerprint `{card['data_fingerprint']}`",
-             f"- **Steps**: {m.get('steps')} ({m.get('tokens_per_s')} tokens/s)"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"LoRA adapter ({card['task']}) for `{card['base_model']}`, trained with "
+        f"DemoForge {card['demoforge_version']} on {card['created']}.",
+        "",
+        f"- **Data**: `{card['data'].get('source')}`, {card['data'].get('train_rows')} training rows, "
+        f"{card['data'].get('eval_rows')} eval rows, fingerprint `{card['data_fingerprint']}`",
+        f"- **Steps**: {m.get('steps')} ({m.get('tokens_per_s')} tokens/s)",
+    ]
     if card["labels"]:
         lines.append(f"- **Labels**: {', '.join(map(str, card['labels']))}")
     for key in ("eval_loss", "accuracy", "macro_f1", "best_eval_loss", "best_macro_f1", "final_loss"):
         if m.get(key) is not None:
             lines.append(f"- **{key}**: {m[key]:.4f}")
-    lines += ["", "Load it with `peft.PeftModel.from_pretrained(base, this_folder)`; `adapter_card.json` has the full "
-              "config.", ""]
+    lines += [
+        "",
+        "Load it with `peft.PeftModel.from_pretrained(base, this_folder)`; `adapter_card.json` has the full config.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (0 for finished, stopped and time_budget)."""
-    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m core.train", description="One LoRA fine-tuning run.")
     parser.add_argument("config", nargs="?", help="TrainConfig YAML (default with --resume: RUN_DIR/config.yaml)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its checkpoint")
     parser.add_argument("--run-dir", metavar="DIR", help="folder for events, logs and checkpoints")
@@ -403,7 +473,3 @@ def main(argv: list[str] | None = None) -> int:
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
     return 1 if result.status == "failed" else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from core.chat import render_ids
-from core.classify import BaseClassifier, Progress, pad_batch, parse_labels
+from core.classify.classifiers import BaseClassifier, Progress, pad_batch, parse_labels
 from core.models import LoadedModel
 
 
@@ -25,10 +25,11 @@ class ZeroShotChatClassifier(BaseClassifier):
     1.0 accuracy on the 20-sentence, 4-topic integration set): it is here for larger chat models and comparison.
     """
 
-    PROMPT = ("Classify the text into one of: {labels}.\nAnswer with the label only.\n\nText: {text}")
+    PROMPT = "Classify the text into one of: {labels}.\nAnswer with the label only.\n\nText: {text}"
 
-    def __init__(self, labels: str | Sequence[str] | Sequence[tuple[str, str]], chat: LoadedModel,
-                 max_text_tokens: int = 384) -> None:
+    def __init__(
+        self, labels: str | Sequence[str] | Sequence[tuple[str, str]], chat: LoadedModel, max_text_tokens: int = 384
+    ) -> None:
         self.label_specs = parse_labels(labels)
         self.labels = [name for name, _ in self.label_specs]
         self.chat = chat
@@ -64,8 +65,9 @@ class ZeroShotChatClassifier(BaseClassifier):
         cache = first.cache
         cache.batch_repeat_interleave(len(self.answers))
         batch = pad_batch(self.answers, tok.pad_token_id or 0, dev)  # (labels, longest answer)
-        mask = torch.cat([torch.ones(len(self.answers), len(prompt), dtype=torch.long, device=dev),
-                          batch["attention_mask"]], dim=1)
+        mask = torch.cat(
+            [torch.ones(len(self.answers), len(prompt), dtype=torch.long, device=dev), batch["attention_mask"]], dim=1
+        )
         logits = model(input_ids=batch["input_ids"], attention_mask=mask, cache=cache).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (labels, longest - 1, vocab); t predicts token t+1
         scores = []

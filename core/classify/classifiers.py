@@ -26,7 +26,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from core.models import ModelError, cpu_supports_bf16, embedded_encoder_path, pick_device
+from core.errors import ClassifyError
+from core.models import ModelError, cpu_supports_bf16, embedded_encoder_path, pick_device, resolve_base
 
 Progress = Callable[[float], None]
 DType = Literal["auto", "float32", "bfloat16"]
@@ -38,11 +39,6 @@ was 0.045 (fp32) / 0.04 (bf16) on a 0.01..0.3 grid, with NLL only ~3% above the 
 round, slightly softer 0.05: it is less over-confident on domains unlike the calibration set. MiniLM cosines of
 the right label sit ~0.1-0.3 above the wrong ones, so a 0.1 gap becomes e^2 = 7.4x odds."""
 DEFAULT_TEMPLATE = "This text is about {label}."
-_ENCODER_SPECS = {"default", "minilm", "embedded"}
-
-
-class ClassifyError(ValueError):
-    """Bad labels, a broken adapter folder, or an unusable model; the message says what and how to fix it."""
 
 
 @dataclass
@@ -82,17 +78,23 @@ def parse_labels(spec: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[
             name, _, desc = str(item).partition(":")
         name, desc = " ".join(name.split()), " ".join(desc.split())
         if not name:
-            raise ClassifyError(f"Label {i} has no name ({str(item).strip()!r}). Write labels as 'name' or "
-                                "'name: short description', separated by commas or new lines.")
+            raise ClassifyError(
+                f"Label {i} has no name ({str(item).strip()!r}). Write labels as 'name' or "
+                "'name: short description', separated by commas or new lines."
+            )
         out.append((name, desc))
     if len(out) < 2:
-        raise ClassifyError(f"Give at least 2 labels to choose between (got {len(out)}), e.g. "
-                            "'billing: payment or invoice questions, bug, feature request'.")
+        raise ClassifyError(
+            f"Give at least 2 labels to choose between (got {len(out)}), e.g. "
+            "'billing: payment or invoice questions, bug, feature request'."
+        )
     seen: dict[str, str] = {}
     for name, _ in out:
         if name.lower() in seen:
-            raise ClassifyError(f"Label {name!r} appears twice (as {seen[name.lower()]!r} and {name!r}). "
-                                "Label names must be unique; merge them or rename one.")
+            raise ClassifyError(
+                f"Label {name!r} appears twice (as {seen[name.lower()]!r} and {name!r}). "
+                "Label names must be unique; merge them or rename one."
+            )
         seen[name.lower()] = name
     return out
 
@@ -189,7 +191,9 @@ class SentenceEncoder:
     model was trained on shorter inputs); both are read from the folder when present.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, name: str, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(
+        self, model: Any, tokenizer: Any, max_length: int, name: str, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
         self.model, self.tokenizer, self.max_length, self.name = model, tokenizer, max_length, name
         self.batch_size = batch_size
 
@@ -214,8 +218,9 @@ class SentenceEncoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def embed(self, texts: Sequence[str], progress: Progress | None = None, batch_size: int | None = None
-              ) -> torch.Tensor:
+    def embed(
+        self, texts: Sequence[str], progress: Progress | None = None, batch_size: int | None = None
+    ) -> torch.Tensor:
         """(n, hidden) fp32 unit vectors, in input order; texts over ``max_length`` tokens are truncated."""
         return _run_batched(self, list(texts), self._embed_batch, progress, batch_size or self.batch_size)
 
@@ -286,10 +291,10 @@ class ZeroShotEmbeddingClassifier(BaseClassifier):
         template: str = DEFAULT_TEMPLATE,
     ) -> None:
         """Args:
-            labels: user-typed labels, see :func:`parse_labels`.
-            encoder: a loaded :class:`SentenceEncoder` (load once, reuse across label sets); default: MiniLM.
-            temperature: softmax temperature over cosines (> 0); see :data:`DEFAULT_TEMPERATURE`.
-            template: used for labels without a description; must contain ``{label}``.
+        labels: user-typed labels, see :func:`parse_labels`.
+        encoder: a loaded :class:`SentenceEncoder` (load once, reuse across label sets); default: MiniLM.
+        temperature: softmax temperature over cosines (> 0); see :data:`DEFAULT_TEMPERATURE`.
+        template: used for labels without a description; must contain ``{label}``.
         """
         if not temperature > 0:
             raise ClassifyError(f"temperature must be > 0, got {temperature}.")
@@ -304,8 +309,9 @@ class ZeroShotEmbeddingClassifier(BaseClassifier):
         self.batch_size = self.encoder.batch_size
         self.method = f"zero-shot · cosine to label descriptions ({self.encoder.name}, T={temperature:g})"
 
-    def cosines(self, texts: Sequence[str], progress: Progress | None = None, batch_size: int | None = None
-                ) -> torch.Tensor:
+    def cosines(
+        self, texts: Sequence[str], progress: Progress | None = None, batch_size: int | None = None
+    ) -> torch.Tensor:
         """(n, n_labels) cosine similarities (for calibration and inspection)."""
         return self.encoder.embed(texts, progress, batch_size or self.batch_size) @ self.label_vectors.T
 
@@ -329,8 +335,15 @@ def fit_temperature(
 class SequenceClassifier(BaseClassifier):
     """Any ``*ForSequenceClassification`` model (plain or with a merged LoRA adapter) with the batched fast path."""
 
-    def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str], max_length: int | None = None,
-                 method: str = "sequence classifier", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        labels: Sequence[str],
+        max_length: int | None = None,
+        method: str = "sequence classifier",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
         n_out = int(getattr(model.config, "num_labels", len(labels)))
         if n_out != len(labels):
             raise ClassifyError(f"The model has {n_out} outputs but {len(labels)} labels were given.")
@@ -369,26 +382,14 @@ def read_adapter_card(adapter_dir: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ClassifyError(f"{card_path} is not valid JSON ({exc.msg} at line {exc.lineno}).") from None
     if card.get("task") != "classification":
-        raise ClassifyError(f"Adapter {folder.name!r} is a {card.get('task')!r} adapter, not a classification one; "
-                            "use it in the Chat tab.")
+        raise ClassifyError(
+            f"Adapter {folder.name!r} is a {card.get('task')!r} adapter, not a classification one; "
+            "use it in the Chat tab."
+        )
     labels = card.get("labels") or []
     if len(labels) < 2:
         raise ClassifyError(f"Adapter {folder.name!r} lists {len(labels)} label(s) in its card; 2 or more needed.")
     return card
-
-
-def _resolve_base(card: dict[str, Any]) -> str:
-    path = card.get("base_model_path")
-    if path and Path(path).is_dir():
-        return str(path)
-    spec = str(card.get("base_model", "default"))
-    if spec.strip().lower() in _ENCODER_SPECS:
-        return str(embedded_encoder_path())
-    if spec.strip().lower() == "smollm2":
-        from core.models import embedded_chat_path
-
-        return str(embedded_chat_path())
-    return spec
 
 
 class FineTunedClassifier(SequenceClassifier):
@@ -398,8 +399,9 @@ class FineTunedClassifier(SequenceClassifier):
     """The adapter's ``adapter_card.json`` (base model, labels, metrics, data summary)."""
 
     @classmethod
-    def load(cls, adapter_dir: str | Path, device: str = "auto", dtype: DType = "auto",
-             batch_size: int = DEFAULT_BATCH_SIZE) -> FineTunedClassifier:
+    def load(
+        cls, adapter_dir: str | Path, device: str = "auto", dtype: DType = "auto", batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> FineTunedClassifier:
         """Load base + adapter, merge the LoRA weights (no adapter overhead at inference), cast to the fast dtype.
 
         Raises:
@@ -412,25 +414,38 @@ class FineTunedClassifier(SequenceClassifier):
         folder = Path(adapter_dir)
         card = read_adapter_card(folder)
         if not (folder / "adapter_model.safetensors").is_file():
-            raise ClassifyError(f"{folder} has no adapter_model.safetensors; DemoForge loads safetensors only, "
-                                "never pickle (.bin) files. Re-save the adapter with safe_serialization=True.")
+            raise ClassifyError(
+                f"{folder} has no adapter_model.safetensors; DemoForge loads safetensors only, "
+                "never pickle (.bin) files. Re-save the adapter with safe_serialization=True."
+            )
         labels = [str(x) for x in card["labels"]]
-        base = _resolve_base(card)
+        base = resolve_base(str(card.get("base_model", "default")), "classification", card.get("base_model_path"))
         dev = pick_device(device)
         try:
             tok_src = folder if (folder / "tokenizer_config.json").is_file() else base
             tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=False)
             model = AutoModelForSequenceClassification.from_pretrained(
-                base, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={n: i for i, n in enumerate(labels)}, use_safetensors=True, trust_remote_code=False,
+                base,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={n: i for i, n in enumerate(labels)},
+                use_safetensors=True,
+                trust_remote_code=False,
                 dtype=torch.float32,
             )
         except OSError as exc:
-            raise ModelError(f"Cannot load the base model {card.get('base_model')!r} of adapter {folder.name!r}: "
-                             f"{str(exc).splitlines()[0]}") from exc
+            raise ModelError(
+                f"Cannot load the base model {card.get('base_model')!r} of adapter {folder.name!r}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=False).merge_and_unload()
         model = model.to(dev, pick_inference_dtype(dtype, dev))
-        clf = cls(model, tokenizer, labels, method=f"fine-tuned · {folder.name} on {card.get('base_model')}",
-                  batch_size=batch_size)
+        clf = cls(
+            model,
+            tokenizer,
+            labels,
+            method=f"fine-tuned · {folder.name} on {card.get('base_model')}",
+            batch_size=batch_size,
+        )
         clf.card = card
         return clf

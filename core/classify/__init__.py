@@ -1,0 +1,7 @@
+"""Text classification: zero-shot and fine-tuned classifiers, explanations, batch scoring, and the service the
+Classify tab talks to through the engine."""
+
+from core.classify.classifiers import BaseClassifier, FineTunedClassifier, Prediction, ZeroShotEmbeddingClassifier
+from core.errors import ClassifyError
+
+__all__ = ["BaseClassifier", "ClassifyError", "FineTunedClassifier", "Prediction", "ZeroShotEmbeddingClassifier"]

@@ -1,0 +1,71 @@
+"""The adapter library as the UI uses it: list, read, rename, delete, zip, merge, push.
+
+The engine owns one :class:`Library`; renaming or deleting also forgets the adapter on the loaded chat base
+(through ``forget``), so the next chat request never reaches a stale name. Merging runs on the model thread
+(``run``), like all torch work in the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core import adapters
+from core.adapters import AdapterInfo
+
+T = TypeVar("T")
+
+
+class Library:
+    """Finished adapters under the DemoForge home, and what can be done with them."""
+
+    def __init__(self, forget: Callable[[str], None], run: Callable[..., Any]) -> None:
+        """Args:
+        forget: unloads an adapter name from the loaded chat base (``Engine.forget_adapter``).
+        run: runs a function on the model thread (``Engine.on_model_thread``).
+        """
+        self._forget, self._run = forget, run
+
+    def list(self, task: str | None = None) -> list[AdapterInfo]:
+        """Finished adapters, newest first; ``task`` ('sft' or 'classification') filters."""
+        return adapters.list_adapters(task)
+
+    def get(self, name: str) -> AdapterInfo:
+        """The adapter called ``name`` (AdapterError when there is none)."""
+        return adapters.get(name)
+
+    def card_markdown(self, name: str) -> str:
+        """The adapter's README card, or its one-line summary when the card is missing."""
+        info = adapters.get(name)
+        readme = info.path / "README.md"
+        return readme.read_text(encoding="utf-8") if readme.is_file() else info.summary()
+
+    def rename(self, old: str, new: str) -> AdapterInfo:
+        """Rename an adapter (folder, card) and forget the old name on the chat base."""
+        info = adapters.rename(old, new)
+        self._forget(old)
+        return info
+
+    def delete(self, name: str, confirm: str) -> None:
+        """Delete an adapter (``confirm`` repeats its name) and forget it on the chat base."""
+        adapters.delete(name, confirm)
+        self._forget(name)
+
+    def zip(self, name: str, out_dir: Path | None = None) -> Path:
+        """A zip of the adapter folder, for download."""
+        return adapters.zip_adapter(name, out_dir)
+
+    def merge(self, name: str) -> Path:
+        """Merge into a fresh copy of its base and save as safetensors (on the model thread)."""
+        from core.export import merge
+
+        return self._run(merge, name)
+
+    def push(self, name: str, repo_id: str, token: str, merged: bool = False) -> str:
+        """Upload the adapter (or the merged model) to the Hub; returns the repo URL."""
+        from core.export import merge, push
+
+        if merged:
+            self._run(merge, name)  # torch work stays on the model thread; push then uploads the folder
+        return push(name, repo_id, token, merged=merged)

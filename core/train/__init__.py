@@ -1,0 +1,10 @@
+"""LoRA fine-tuning: the worker (``python -m core.train``), its method code, and the jobs that run it.
+
+Modules: ``runner`` orchestrates one run; ``loop`` holds the method code; ``jobs`` starts, follows and stops
+worker processes; ``progress`` turns a run's events into plain values; ``samples`` lists the bundled datasets.
+Only the job side is re-exported: it imports no torch, so the server can manage runs without loading a model.
+"""
+
+from core.train.jobs import JobManager, RunInfo, new_run_id
+
+__all__ = ["JobManager", "RunInfo", "new_run_id"]

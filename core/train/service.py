@@ -1,0 +1,109 @@
+"""Training as the UI uses it: samples, validation, start/stop/resume, and a run's progress.
+
+The engine owns one :class:`Training`; the Fine-tune and Classify tabs reach runs only through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from core.config import TrainConfig
+from core.data import LoadedData, RawTable, read_table
+from core.train.jobs import JobManager, RunInfo
+from core.train.progress import RunProgress, latest_run, read_progress
+from core.train.samples import Sample, by_label, samples
+
+
+class Training:
+    """Start, follow and stop LoRA runs; validate data exactly as a run would."""
+
+    def __init__(self, jobs: Callable[[], JobManager], validate: Callable[..., LoadedData], max_bytes: int) -> None:
+        """Args:
+        jobs: returns the engine's job manager (created lazily).
+        validate: ``Engine.validate_data`` (tokenises with the run's tokenizer).
+        max_bytes: the upload limit, applied to previews and to the worker's reading of the file.
+        """
+        self._jobs, self._validate, self.max_bytes = jobs, validate, max_bytes
+
+    @property
+    def jobs(self) -> JobManager:
+        return self._jobs()
+
+    # --- data ---------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def samples(task: str | None = None) -> list[Sample]:
+        """The bundled sample datasets (optionally for one task)."""
+        return samples(task)
+
+    @staticmethod
+    def sample(label: str) -> Sample:
+        """The bundled sample shown as ``label``."""
+        return by_label(label)
+
+    def validate(
+        self,
+        path: str,
+        task: str,
+        base_model: str = "default",
+        columns: dict[str, str] | None = None,
+        max_length: int = 256,
+    ) -> LoadedData:
+        """Read, validate and tokenise a file as a run would; raises DataError with the reason."""
+        return self._validate(path, task, base_model, columns, max_length)
+
+    def table(self, path: str) -> RawTable:
+        """The rows of a data file as core.data reads them (for a preview)."""
+        return read_table(path, max_bytes=self.max_bytes)
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+
+    def start(self, config: TrainConfig) -> str:
+        """Start a run in a worker process; returns its id (JobBusyError while another runs)."""
+        return self.jobs.start(config)
+
+    def stop(self, run_id: str | None = None) -> RunInfo | None:
+        """Ask a run (default: the live one) to stop; returns its state, or None when nothing runs."""
+        active = self.jobs.active()
+        rid = run_id or (active.run_id if active else None)
+        return self.jobs.stop(rid, wait=False) if rid else None
+
+    def resume(self, run_id: str) -> str:
+        """Continue a stopped run from its checkpoint."""
+        return self.jobs.resume(run_id)
+
+    def active(self) -> RunInfo | None:
+        """The run whose worker is alive, if any."""
+        return self.jobs.active()
+
+    def runs(self) -> list[RunInfo]:
+        """All runs, newest first."""
+        return self.jobs.list_runs()
+
+    def progress(self, run_id: str) -> RunProgress:
+        """A run's progress as plain values (loss points, step/total, ETA, log tail)."""
+        return read_progress(self.jobs, run_id)
+
+    def latest(self) -> str | None:
+        """The run a page shows when it opens: the live one, else the newest."""
+        return latest_run(self.jobs)
+
+    def status_json(self, run_id: str = "") -> dict[str, Any]:
+        """A run's progress as plain JSON (the live or newest run when ``run_id`` is empty)."""
+        rid = run_id or self.latest()
+        if rid is None:
+            return {"run_id": None, "status": "none"}
+        p = self.progress(rid)
+        return {
+            "run_id": p.run_id,
+            "status": p.status,
+            "step": p.step,
+            "total_steps": p.total_steps,
+            "eta_s": p.eta_s,
+            "tokens_per_s": p.tokens_per_s,
+            "adapter_name": p.adapter_name,
+            "error": p.error,
+            "metrics": p.metrics,
+            "loss_points": p.loss_points,
+        }
