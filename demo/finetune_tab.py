@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.config import ConfigError, LoraSettings, TrainConfig
+from core.config import TASK_DEFAULTS, ConfigError, LoraSettings, TrainConfig
 from core.data import DataError, read_table
 from core.engine import Engine
 from core.train.jobs import JobBusyError, JobError
@@ -19,12 +19,7 @@ from demo.errors import user_error
 log = logging.getLogger(__name__)
 
 TASKS = {"Chat (SFT)": "sft", "Classification": "classification"}
-# Defaults per task, tuned for a visible change within a few minutes on 2 CPU cores: small optimizer steps (many
-# updates in the budget) and a LoRA-sized learning rate; epochs is an upper bound that the time budget cuts.
-DEFAULTS = {
-    "sft": {"epochs": 10, "lr": 1e-3, "max_length": 256, "batch_size": 2},
-    "classification": {"epochs": 5, "lr": 1e-3, "max_length": 128, "batch_size": 16},
-}
+DEFAULTS = TASK_DEFAULTS
 PREVIEW_ROWS = 20
 
 
