@@ -142,6 +142,11 @@ def bf16_decode_is_faster() -> bool:
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 is ~2-4x fp32."""
+    # The kernels torch dispatches to must be AVX-512 ones too: under ATEN_CPU_CAPABILITY=avx2 (or on a build
+    # without them) oneDNN still reports bf16 support, but bf16 autocast training then fails with "pack_vnni2 is
+    # only supported when avx512 is supported". Seen when running the suite on the AVX2 kernel path.
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2"):
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -105,3 +106,15 @@ def test_explicit_cuda_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ModelError, match="no CUDA GPU"):
         models.pick_device("cuda")
+
+
+def test_bf16_is_not_picked_on_the_avx2_kernel_path() -> None:
+    """oneDNN reports bf16 support even when ATEN_CPU_CAPABILITY=avx2 restricts the kernels, but bf16 training then
+    fails ('pack_vnni2 is only supported when avx512'); precision must follow the kernels torch actually uses."""
+    import subprocess
+    import sys
+
+    code = "from core.models import cpu_supports_bf16; print(cpu_supports_bf16())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
