@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from core.data import DataError, load_data
+from core.data import MIB, DataError, format_size, load_data
 from core.data import dataset as D
 from core.data import tokenize as T
 
@@ -143,8 +145,51 @@ def test_file_over_size_limit_is_refused_before_reading(tmp_path: Path, monkeypa
         raise AssertionError("read before the size check")
 
     monkeypatch.setattr(Path, "read_bytes", no_read)
-    with pytest.raises(DataError, match=r"0\.0 MB, over the 0 MB limit"):
-        load_data(p, max_bytes=1000)
+    with pytest.raises(DataError, match=r"1\.6 KiB, over the 1\.0 KiB limit"):
+        load_data(p, max_bytes=1024)
+
+
+def test_size_limit_is_said_in_mib(tmp_path: Path) -> None:
+    """--max-upload-mb 50 means 50 * 2**20 bytes: the message says 50.0 MiB, not '52 MB' (issue 9.8)."""
+    p = tmp_path / "big.csv"
+    with open(p, "wb") as fh:
+        fh.truncate(51 * MIB)  # sparse: refused on its size, never read
+    with pytest.raises(DataError, match=r"big\.csv is 51\.0 MiB, over the 50\.0 MiB limit"):
+        load_data(p, max_bytes=50 * MIB)
+    assert format_size(50 * MIB) == "50.0 MiB" and format_size(2048) == "2.0 KiB"
+
+
+def _zip_bytes(names: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n in names:
+            zf.writestr(n, "text,label\nhi,a\n")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (_zip_bytes(["data.csv"]), "a ZIP archive. Unzip it"),
+        (_zip_bytes(["[Content_Types].xml", "xl/workbook.xml"]), r"an Excel workbook \(\.xlsx\)"),
+        (gzip.compress(b"text,label\nhi,a\n"), "a gzip-compressed file"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document"),
+        (b"text,label\nhi\x00\x01\x02,a\n", r"binary data \(it holds NUL bytes\)"),
+        ("text,label\nhi,a\n".encode("utf-16"), "UTF-16 text"),
+    ],
+)
+def test_binary_file_renamed_to_csv_is_not_a_text_table(tmp_path: Path, content: bytes, what: str) -> None:
+    """A ZIP renamed to .csv used to be reported as 'not valid UTF-8' (issue 8.5)."""
+    p = write(tmp_path, "upload.csv", content)
+    with pytest.raises(DataError, match=f"upload.csv is not a text table: it looks like {what}") as e:
+        load_data(p)
+    assert "UTF-8: byte" not in str(e.value)
+
+
+def test_file_not_found_names_the_file_not_the_server_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="File not found: missing.csv") as e:
+        load_data(tmp_path / "missing.csv")
+    assert str(tmp_path) not in str(e.value)
 
 
 def test_hub_id_offline_says_upload_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,7 +327,7 @@ def test_labels_ids_names_and_warnings(tmp_path: Path) -> None:
     assert d.label_names == ["a", "b", "c"]  # sorted, not first-seen
     assert d.report.label_counts == {"b": 30, "a": 5, "c": 2}
     assert any("Imbalanced" in w and "15x" in w for w in d.report.warnings)
-    assert any("fewer than 5 examples: c" in w for w in d.report.warnings)
+    assert any("fewer than 8 rows: a, c" in w and "zero-shot" in w for w in d.report.warnings)
     assert load_data(p, label_names=["c", "b", "a"]).label_names == ["c", "b", "a"]
     with pytest.raises(DataError, match="Labels not in the given label list .*: c"):
         load_data(p, label_names=["a", "b"])
@@ -290,6 +335,26 @@ def test_labels_ids_names_and_warnings(tmp_path: Path) -> None:
     d = load_data(ints)
     assert d.label_names == ["0", "1", "2"] and [e.label for e in d.examples] == [2, 0]
     assert d.report.dropped == {"negative label (unlabelled?)": 1}
+
+
+def test_class_with_fewer_than_8_rows_is_warned_before_training(tmp_path: Path) -> None:
+    """Issue 8.3: fine-tuning on a class of 7 rows did worse than zero-shot; the report says so up front."""
+    rows = [("t", "big")] * 20 + [("t", "seven")] * 7 + [("t", "eight")] * 8
+    d = load_data(write(tmp_path, "c.csv", "text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows)))
+    rare = [w for w in d.report.warnings if "fewer than 8 rows" in w]
+    assert len(rare) == 1 and "seven" in rare[0] and "eight" not in rare[0], d.report.warnings
+
+
+def test_mixed_integer_and_word_labels_are_warned(tmp_path: Path) -> None:
+    """cls_labels_int_and_str: labels 0, 1, one, zero became 4 classes without a word (issue 8.5)."""
+    labels = ["0", "1", "one", "zero"] * 10
+    d = load_data(write(tmp_path, "m.csv", "text,label\n" + "".join(f"t,{lab}\n" for lab in labels)))
+    assert d.label_names == ["0", "1", "one", "zero"]
+    mixed = [w for w in d.report.warnings if "mix integer ids" in w]
+    assert mixed and "(0, 1) and words (one, zero)" in mixed[0] and "4 separate classes" in mixed[0]
+    words = load_data(write(tmp_path, "w.csv", "text,label\n" + "t,one\nt,zero\n" * 10))
+    ints = load_data(write(tmp_path, "i.csv", "text,label\n" + "t,0\nt,1\n" * 10))
+    assert not [w for r in (words, ints) for w in r.report.warnings if "mix integer ids" in w]
 
 
 # ---------------------------------------------------------------- tokenisation and masking
