@@ -20,8 +20,8 @@ from core.data.schema import Task, detect_schema
 from core.data.split import data_fingerprint, split_train_eval
 from core.errors import DataError
 
-# split_train_eval is re-exported for ``from core.data import dataset as D`` callers (the training loop).
-__all__ = ["LoadedData", "load_data", "split_train_eval"]
+# Re-exported for ``from core.data import dataset as D`` callers (the training loop).
+__all__ = ["DEFAULT_MAX_BYTES", "LoadedData", "load_data", "split_train_eval"]
 
 
 @dataclass
