@@ -58,6 +58,10 @@ class Library:
         """A zip of the adapter folder, for download (under the home's ``tmp/`` unless ``out_dir``)."""
         return adapters.zip_adapter(name, out_dir, self.home)
 
+    def shown_path(self, path: str | Path) -> str:
+        """A path as the UI may show it: relative to the DemoForge home (``merged/x``), never the server's own."""
+        return store.relative_to_home(path, self.home)
+
     def merge(self, name: str) -> Path:
         """Merge into a fresh copy of its base and save as safetensors (on the model thread)."""
         from core.export import merge

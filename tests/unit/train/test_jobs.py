@@ -278,6 +278,12 @@ def test_crash_tail_is_kept_without_server_paths(jm: JobManager, demoforge_home:
     end = {"type": "end", "status": "failed", "error": f"DataError: File not found: {demoforge_home}/uploads/x.csv"}
     run_dir = fake_run(demoforge_home, "20260101-000001-err", events=json.dumps(end) + "\n")
     assert jm.status(run_dir.name).error == "DataError: File not found: uploads/x.csv"
+    # the Fine-tune tab's log tail: the worker's traceback without server paths
+    from core.train.progress import read_progress
+
+    (run_dir / "train.log").write_text(traceback)
+    tail = read_progress(jm, run_dir.name).log_tail
+    assert 'File "core/train/runner.py"' in tail and str(demoforge_home) not in tail and str(REPO_ROOT) not in tail
 
 
 def test_engine_owns_one_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
