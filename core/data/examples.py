@@ -39,6 +39,7 @@ class Example:
 def to_examples(
     table: RawTable, schema: Schema, cols: dict[str, str], system_prompt: str | None
 ) -> tuple[list[Example], dict[str, list[str]]]:
+    """One :class:`Example` per usable row, and reason -> locations of the rows dropped (empty, NaN, wrong type)."""
     examples: list[Example] = []
     drops: dict[str, list[str]] = defaultdict(list)
     for row, where in zip(table.rows, table.where, strict=True):
@@ -156,6 +157,11 @@ def label_vocabulary(labels: Sequence[str | int], given: Sequence[str] | None = 
 def check_labels(
     examples: list[Example], drops: dict[str, list[str]], given: Sequence[str] | None, report: DataReport
 ) -> tuple[list[Example], list[str]]:
+    """Normalise labels (integer ids or names), drop unlabelled rows, count classes and fill the report.
+
+    Raises:
+        DataError: a single class, or labels outside ``given``.
+    """
     # CSV cells are strings: a column of "0"/"1" holds integer ids, like JSON numbers do
     if all(isinstance(e.label, int) or re.fullmatch(r"-?\d+", str(e.label)) for e in examples):
         for e in examples:

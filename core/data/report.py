@@ -85,6 +85,7 @@ class DataReport:
 
 
 def label_warnings(report: DataReport) -> None:
+    """Warn about imbalance, classes too small to learn, before anything trains."""
     counts = report.label_counts or {}
     big, small = max(counts.values()), min(counts.values())
     if big > 5 * small:
@@ -103,6 +104,7 @@ def label_warnings(report: DataReport) -> None:
 
 
 def percentiles(lengths: Sequence[int], max_length: int | None) -> dict[str, int]:
+    """Nearest-rank p50/p90/p99/max of token lengths, and how many rows are over ``max_length``."""
     s = sorted(lengths)
 
     def p(q: float) -> int:  # nearest-rank percentile
@@ -118,6 +120,7 @@ def _cell(text: str, limit: int = 80) -> str:
 
 
 def sample(e: Example) -> dict[str, Any]:
+    """One example as a short, JSON-ready dict for the report (long cells cut)."""
     if e.messages:
         return {"where": e.where, "messages": [{**m, "content": _cell(m["content"], 120)} for m in e.messages]}
     out: dict[str, Any] = {"where": e.where, "text": _cell(e.text or "", 160)}
