@@ -110,7 +110,7 @@ class AppConfig:
     concurrency: int = 1
     """Model calls that run at once (1 on CPU; raise on a GPU)."""
     max_upload_mb: int = 50
-    """Largest accepted upload."""
+    """Largest accepted upload, in MiB (2**20 bytes); training workers and file scoring read with the same limit."""
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 1, 65535)
@@ -206,6 +206,9 @@ class TrainConfig:
     empty means detect from the usual names."""
     eval_path: str | None = None
     """Optional separate evaluation file; when set, eval_fraction is ignored."""
+    max_data_mb: int | None = None
+    """Largest data file the worker reads, in MiB (None: 50). The server sets its ``--max-upload-mb`` here, so a
+    file the upload report accepted is accepted by the worker too."""
     eval_fraction: float = 0.1
     """Share of the training rows held out for evaluation when no eval file is given (0 turns eval off)."""
     run_dir: str | None = None
@@ -260,6 +263,10 @@ class TrainConfig:
             raise ConfigError("data_path must name a CSV, TSV, JSON or JSONL file.")
         if not str(self.adapter_name).strip():
             raise ConfigError("adapter_name must not be empty.")
+        if len(str(self.adapter_name).strip()) > 64:  # store.MAX_NAME: longer names made runs unmanageable
+            raise ConfigError(f"adapter_name is {len(str(self.adapter_name).strip())} characters long; use at most 64.")
+        if self.max_data_mb is not None and self.max_data_mb < 1:
+            raise ConfigError(f"max_data_mb={self.max_data_mb!r} must be at least 1 (MiB).")
         if not str(self.base_model).strip():
             raise ConfigError("base_model must be 'default', 'minilm', a local folder or a Hub id.")
         if not isinstance(self.columns, dict) or not all(

@@ -10,12 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from core import adapters
+from core import adapters, store
 from core.chat import Message, StreamPiece, stream_reply
 from core.config import AppConfig, GenerationSettings
-from core.data import LoadedData, load_data
+from core.data import MIB, LoadedData, load_data
 from core.models import LoadedModel, load_causal_lm
 from core.specs import same_base
 
@@ -55,8 +56,15 @@ class Engine:
     a MiniLM-sized matvec 45 -> 135 us). Gradio calls handlers from many threads, so they all hand work to one.
     """
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, home: Path | None = None) -> None:
+        """Args:
+        config: the app's settings.
+        home: the DemoForge home; None resolves :func:`core.store.home` now, once. Jobs, the library and
+            adapter lookups all use this one folder (and training workers inherit it), so a later change of
+            ``DEMOFORGE_HOME`` in this process cannot split a server across two homes.
+        """
         self.config = config
+        self.home = Path(home) if home is not None else store.home()
         self._chat: LoadedModel | None = None
         self._peft = None  # PeftModel wrapping the chat base once the first adapter is attached
         self._load_lock = threading.Lock()
@@ -97,14 +105,15 @@ class Engine:
 
     def chat_adapters(self) -> list[adapters.AdapterInfo]:
         """Finished chat (sft) adapters trained on this app's chat base."""
-        return [a for a in adapters.list_adapters("sft") if same_base(a.base_model, self.config.model)]
+        found = adapters.list_adapters("sft", self.home)
+        return [a for a in found if same_base(a.base_model, self.config.model)]
 
     def _attach(self, name: str) -> float:
         """Make adapter ``name`` the active one on the chat base; returns seconds taken (0 when already loaded)."""
         from peft import PeftModel
 
         start = time.perf_counter()
-        info = adapters.get(name)
+        info = adapters.get(name, self.home)
         if info.task != "sft":
             raise adapters.AdapterError(f"Adapter {name!r} is a {info.task} adapter; the Chat tab needs a chat one.")
         if not same_base(info.base_model, self.config.model):
@@ -176,7 +185,7 @@ class Engine:
         if self._library is None:
             from core.library import Library
 
-            self._library = Library(self.forget_adapter, self.on_model_thread)
+            self._library = Library(self.forget_adapter, self.on_model_thread, self.home)
         return self._library
 
     @property
@@ -185,8 +194,16 @@ class Engine:
         if self._training is None:
             from core.train.service import Training
 
-            self._training = Training(lambda: self.jobs, self.validate_data, self.config.max_upload_mb * 1024 * 1024)
+            self._training = Training(lambda: self.jobs, self.validate_data, self.config.max_upload_mb * MIB)
         return self._training
+
+    def scratch_dir(self, prefix: str = "scratch") -> Path:
+        """A fresh folder under the home's ``tmp/`` for one call's output files (a scored CSV, a zip).
+
+        Folders there older than an hour are removed as new ones are made (Gradio copies a returned file into
+        its own cache at once), so nothing piles up and nothing lands in the system temp dir.
+        """
+        return store.tmp_dir(prefix, self.home)
 
     # --- training --------------------------------------------------------------------------------------------------
 
@@ -196,7 +213,7 @@ class Engine:
         if self._jobs is None:
             from core.train.jobs import JobManager
 
-            self._jobs = JobManager()
+            self._jobs = JobManager(home=self.home)
         return self._jobs
 
     @property
@@ -207,7 +224,9 @@ class Engine:
 
             with self._load_lock:  # two first requests at once must share one service (one encoder load)
                 if self._classify is None:
-                    service = ClassifyService(self.chat_model, self.config.device, self.config.dtype)
+                    service = ClassifyService(
+                        self.chat_model, self.config.device, self.config.dtype, self.config.max_upload_mb * MIB
+                    )
                     # A proxy that runs every call on the model thread; it quacks like the service.
                     self._classify = _OnModelThread(service, self.on_model_thread)  # type: ignore[assignment]
         return self._classify
@@ -241,5 +260,5 @@ class Engine:
             mapping=columns or None,
             tokenizer=tokenizer,
             max_length=max_length,
-            max_bytes=self.config.max_upload_mb * 1024 * 1024,
+            max_bytes=self.config.max_upload_mb * MIB,
         )

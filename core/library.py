@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core import adapters
+from core import adapters, store
 from core.adapters import AdapterInfo
 
 T = TypeVar("T")
@@ -20,41 +20,47 @@ T = TypeVar("T")
 class Library:
     """Finished adapters under the DemoForge home, and what can be done with them."""
 
-    def __init__(self, forget: Callable[[str], None], run: Callable[..., Any]) -> None:
+    def __init__(self, forget: Callable[[str], None], run: Callable[..., Any], home: Path | None = None) -> None:
         """Args:
         forget: unloads an adapter name from the loaded chat base (``Engine.forget_adapter``).
         run: runs a function on the model thread (``Engine.on_model_thread``).
+        home: the DemoForge home (``Engine.home``); None reads :func:`core.store.home` once.
         """
         self._forget, self._run = forget, run
+        self.home = Path(home) if home is not None else store.home()
 
     def list(self, task: str | None = None) -> list[AdapterInfo]:
         """Finished adapters, newest first; ``task`` ('sft' or 'classification') filters."""
-        return adapters.list_adapters(task)
+        return adapters.list_adapters(task, self.home)
 
     def get(self, name: str) -> AdapterInfo:
         """The adapter called ``name`` (AdapterError when there is none)."""
-        return adapters.get(name)
+        return adapters.get(name, self.home)
 
     def card_markdown(self, name: str) -> str:
         """The adapter's README card, or its one-line summary when the card is missing."""
-        info = adapters.get(name)
+        info = adapters.get(name, self.home)
         readme = info.path / "README.md"
         return readme.read_text(encoding="utf-8") if readme.is_file() else info.summary()
 
     def rename(self, old: str, new: str) -> AdapterInfo:
         """Rename an adapter (folder, card) and forget the old name on the chat base."""
-        info = adapters.rename(old, new)
+        info = adapters.rename(old, new, self.home)
         self._forget(old)
         return info
 
     def delete(self, name: str, confirm: str) -> None:
         """Delete an adapter (``confirm`` repeats its name) and forget it on the chat base."""
-        adapters.delete(name, confirm)
+        adapters.delete(name, confirm, self.home)
         self._forget(name)
 
     def zip(self, name: str, out_dir: Path | None = None) -> Path:
-        """A zip of the adapter folder, for download."""
-        return adapters.zip_adapter(name, out_dir)
+        """A zip of the adapter folder, for download (under the home's ``tmp/`` unless ``out_dir``)."""
+        return adapters.zip_adapter(name, out_dir, self.home)
+
+    def shown_path(self, path: str | Path) -> str:
+        """A path as the UI may show it: relative to the DemoForge home (``merged/x``), never the server's own."""
+        return store.relative_to_home(path, self.home)
 
     def merge(self, name: str) -> Path:
         """Merge into a fresh copy of its base and save as safetensors (on the model thread)."""

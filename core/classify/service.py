@@ -54,8 +54,15 @@ class ClassifyService:
         device, dtype: where and how the MiniLM encoder and fine-tuned classifiers run (see ``core.classify``).
     """
 
-    def __init__(self, chat_model: Callable[[], LoadedModel], device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        chat_model: Callable[[], LoadedModel],
+        device: str = "auto",
+        dtype: str = "auto",
+        max_bytes: int = data_io.DEFAULT_MAX_BYTES,
+    ) -> None:
         self._chat_model = chat_model
+        self.max_bytes = max_bytes  # the server's --max-upload-mb: files the upload accepts are scored too
         self._device, self._dtype = device, dtype
         self._encoder: SentenceEncoder | None = None
         self._lock = threading.RLock()
@@ -226,15 +233,16 @@ class ClassifyService:
         method: str | None = "embedding",
         adapter: str | None = None,
         progress: Callable[[float], None] | None = None,
-        max_bytes: int = data_io.DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
     ) -> BatchResult:
         """Score every row of a file; one output row per input row, in order; metrics when a label column is given.
 
         Raises:
             core.data.DataError: unreadable file; ClassifyError: a column that does not exist, bad labels.
         """
+        # The file first: a refused upload must not wait for a model to load.
+        table = data_io.read_table(path, max_bytes=self.max_bytes if max_bytes is None else max_bytes)
         clf = self.classifier(labels_spec, method, adapter)
-        table = data_io.read_table(path, max_bytes=max_bytes)
         if not table.rows:
             raise ClassifyError(f"{Path(path).name} has a header but no rows to score.")
         text_column = (text_column or "").strip() or None
@@ -259,7 +267,7 @@ class ClassifyService:
         labels_spec: str | None,
         adapter: str,
         progress: Callable[[float], None] | None = None,
-        max_bytes: int = data_io.DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
     ) -> list[tuple[str, Metrics]]:
         """Score the same labelled file with zero-shot (embeddings) and with ``adapter``; (method line, metrics) each.
 

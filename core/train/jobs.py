@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,17 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from core import store
+from core import adapters, store
 from core.config import TrainConfig
 from core.errors import JobBusyError, JobError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RunStatus = Literal["starting", "running", "finished", "stopped", "time_budget", "failed"]
+# A run id is one folder name: no separators, no leading dot, short enough for every file system.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_RUN_NAME_CHARS = 48
+STOP_FILE = "stop_requested.json"
+"""Written before the SIGTERM: a worker that dies of it before training started was stopped, not crashed."""
 
 
 def new_run_id(name: str) -> str:
-    """``YYYYmmdd-HHMMSS-<safe name>`` (UTC), sortable by start time."""
-    return f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}-{store.safe_name(name)}"
+    """``YYYYmmdd-HHMMSS-<safe name>`` (UTC), sortable by start time; the name part is capped so ids stay short."""
+    short = store.safe_name(name)[:_RUN_NAME_CHARS].rstrip(".-_") or "run"
+    return f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}-{short}"
 
 
 @dataclass
@@ -52,6 +59,8 @@ class RunInfo:
     """True when the worker died without writing an end event (killed, out of memory, segfault)."""
     adapter_dir: str | None = None
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """``adapter_name`` is the folder name the adapter is (or will be) saved under; ``adapter_dir`` and ``error``
+    name paths relative to the DemoForge home, so they can be shown to anyone."""
 
     @property
     def alive(self) -> bool:
@@ -62,14 +71,23 @@ class JobManager:
     """Starts, follows and stops training workers; one run at a time.
 
     Args:
-        runs_dir: where run folders live (default ``runs/`` under the DemoForge home).
+        runs_dir: where run folders live (default ``runs/`` under the home).
         grace_s: how long :meth:`stop` waits after SIGTERM (the worker finishes its step and checkpoints)
             before SIGKILL.
         python: interpreter for the worker.
+        home: the DemoForge home, fixed for this manager's life (the engine passes its own; None reads
+            :func:`core.store.home` once). Workers inherit it, so runs and adapters never land in two homes.
     """
 
-    def __init__(self, runs_dir: Path | None = None, grace_s: float = 60.0, python: str = sys.executable) -> None:
-        self.runs_dir = Path(runs_dir) if runs_dir is not None else store.subdir("runs")
+    def __init__(
+        self,
+        runs_dir: Path | None = None,
+        grace_s: float = 60.0,
+        python: str = sys.executable,
+        home: Path | None = None,
+    ) -> None:
+        self.home = Path(home) if home is not None else store.home()
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else store.subdir("runs", self.home)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.grace_s = grace_s
         self.python = python
@@ -85,9 +103,10 @@ class JobManager:
 
         Raises:
             JobBusyError: another run is still in progress.
+            AdapterError: the adapter name is taken (a run never replaces an adapter) or unusable.
         """
         with self._lock, self._start_lock():
-            self._refuse_if_busy()
+            self.check_can_start(config)
             run_id = new_run_id(config.adapter_name)
             run_dir = self.runs_dir / run_id
             n = 2
@@ -107,12 +126,26 @@ class JobManager:
         with self._lock, self._start_lock():
             self._refuse_if_busy()
             run_dir = self._dir(run_id)
+            with contextlib.suppress(Exception):  # an unreadable config fails in the worker with its own message
+                adapters.new_adapter_name(TrainConfig.from_yaml(run_dir / "config.yaml").adapter_name, self.home)
             if not (run_dir / "checkpoint" / "position.json").is_file():
                 raise JobError(f"Run {run_id} has no checkpoint to resume from.")
             if self.status(run_id).status == "finished":
                 raise JobError(f"Run {run_id} already finished; start a new run instead.")
             self._spawn(run_id, run_dir, ["--resume", str(run_dir)], nproc)
             return run_id
+
+    def check_can_start(self, config: TrainConfig) -> str:
+        """Refuse a run that could not end well: another run is live, or its adapter name is taken or too long.
+
+        Returns:
+            The folder name the adapter will be saved under (tell the user when it differs from what they typed).
+
+        Raises:
+            JobBusyError: another run is in progress. AdapterError: the name is taken or unusable.
+        """
+        self._refuse_if_busy()
+        return adapters.new_adapter_name(config.adapter_name, self.home)
 
     def _spawn(self, run_id: str, run_dir: Path, args: list[str], nproc: int) -> None:
         if nproc > 1:
@@ -132,9 +165,12 @@ class JobManager:
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
-            "DEMOFORGE_HOME": str(store.home()),
+            "DEMOFORGE_HOME": str(self.home),
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
         }
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        events = run_dir / "events.jsonl"
+        offset = events.stat().st_size if events.is_file() else 0  # where this attempt's events begin (resume)
         with open(run_dir / "stdout.log", "ab") as out, open(run_dir / "stderr.log", "ab") as err:
             # A new session (process group): stop() signals the whole group, torchrun's ranks included, and a
             # Ctrl-C in the server's terminal does not reach the worker.
@@ -148,6 +184,7 @@ class JobManager:
             "cmd": cmd,
             "run_dir": str(run_dir),
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "events_offset": offset,
         }
         store.atomic_write_json(run_dir / "worker.json", info)
 
@@ -192,43 +229,54 @@ class JobManager:
         return events, since_offset + end
 
     def status(self, run_id: str) -> RunInfo:
-        """Current state from the run folder: the last end event wins; no end event and no live worker = crashed."""
+        """Current state from the run folder: the last end event of the latest attempt wins; no end event and no
+        live worker = crashed, unless a stop was asked for before training started (then it was stopped)."""
         run_dir = self._dir(run_id)
         events, _ = self.read_events(run_id)
+        worker = self._worker(run_dir) or {}
         info = RunInfo(run_id, run_dir, "starting", pid=self._pid(run_dir))
         with contextlib.suppress(Exception):
             cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
-            info.adapter_name, info.task = cfg.adapter_name, cfg.task
-        last_start = max((i for i, e in enumerate(events) if e.get("type") == "start"), default=-1)
+            info.task = cfg.task
+            info.adapter_name = store.safe_name(cfg.adapter_name)  # the name it is listed under once saved
         for e in events:
             if e.get("type") in ("step", "end") and e.get("step") is not None:
                 info.step, info.total_steps = e["step"], e.get("total_steps", info.total_steps)
             elif e.get("type") == "start":
                 info.total_steps = e.get("total_steps")
-        end = next((e for e in reversed(events[last_start + 1 :]) if e.get("type") == "end"), None)
+        # Only this attempt's events decide its state: a resumed run's earlier end event is history.
+        attempt, _ = self.read_events(run_id, int(worker.get("events_offset", 0)))
+        started = any(e.get("type") == "start" for e in attempt)
+        end = next((e for e in reversed(attempt) if e.get("type") == "end"), None)
         alive = self._alive(run_id, run_dir)
         if end is not None and not alive:
             info.status, info.error = end.get("status", "failed"), end.get("error")
-            info.adapter_dir, info.metrics = end.get("adapter_dir"), end.get("metrics") or {}
+            info.metrics = end.get("metrics") or {}
+            if end.get("adapter_dir"):
+                info.adapter_dir = store.relative_to_home(end["adapter_dir"], self.home)
         elif alive:
-            info.status = "running" if last_start >= 0 else "starting"
+            info.status = "running" if started else "starting"
+        elif not started and (run_dir / STOP_FILE).is_file():
+            info.status = "stopped"  # SIGTERM arrived while the worker was still importing: nothing was trained
         else:
             info.status, info.crashed = "failed", True
             info.error = (
-                f"The worker exited without reporting an end (killed, out of memory or crashed); see "
-                f"{run_dir / 'stderr.log'}: " + _tail(run_dir / "stderr.log")
+                "The worker exited without reporting an end (killed, out of memory or crashed); see "
+                f"{store.relative_to_home(run_dir / 'stderr.log', self.home)}: " + _tail(run_dir / "stderr.log")
             )
+        if info.error:
+            info.error = store.redact_paths(info.error, self.home)
         return info
 
     def list_runs(self) -> list[RunInfo]:
         """All runs, newest first."""
-        dirs = [d for d in self.runs_dir.iterdir() if d.is_dir() and (d / "config.yaml").is_file()]
+        dirs = [d for d in self.runs_dir.iterdir() if self._is_run(d)]
         return [self.status(d.name) for d in sorted(dirs, key=lambda d: d.name, reverse=True)]
 
     def active(self) -> RunInfo | None:
         """The run whose worker is alive, if any: also found after a server restart (pid file + liveness)."""
         for d in sorted(self.runs_dir.iterdir(), reverse=True):
-            if d.is_dir() and (d / "worker.json").is_file() and self._alive(d.name, d):
+            if self._is_run(d) and (d / "worker.json").is_file() and self._alive(d.name, d):
                 return self.status(d.name)
         return None
 
@@ -241,6 +289,7 @@ class JobManager:
         pgid = self._pgid(run_dir)
         if pgid is None or not self._alive(run_id, run_dir):
             return self.status(run_id)
+        store.atomic_write_json(run_dir / STOP_FILE, {"at": dt.datetime.now(dt.timezone.utc).isoformat()})
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
         if not wait:
@@ -253,10 +302,6 @@ class JobManager:
             self._append_end(
                 run_dir, "failed", f"The worker did not stop within {grace:.0f}s after SIGTERM and was killed."
             )
-        elif self.status(run_id).crashed and not any(e.get("type") == "start" for e in self.read_events(run_id)[0]):
-            # SIGTERM arrived while the worker was still importing, before it could handle signals: nothing was
-            # trained, so this is a stop, not a crash (and there is no checkpoint to resume).
-            self._append_end(run_dir, "stopped", None)
         return self.status(run_id)
 
     @staticmethod
@@ -277,10 +322,15 @@ class JobManager:
     # --- liveness ----------------------------------------------------------------------------------------------------
 
     def _dir(self, run_id: str) -> Path:
-        run_dir = self.runs_dir / store.safe_name(run_id)
-        if run_id != run_dir.name or not run_dir.is_dir():
-            raise JobError(f"Unknown run {run_id!r} in {self.runs_dir}.")
+        # A run id is checked as a folder name (not re-sanitised: safe_name would cut a long id and miss it).
+        run_dir = self.runs_dir / run_id if _RUN_ID.fullmatch(run_id or "") else None
+        if run_dir is None or not self._is_run(run_dir):
+            raise JobError(f"Unknown run {run_id!r}. Pick one from the list of runs.")
         return run_dir
+
+    @staticmethod
+    def _is_run(path: Path) -> bool:
+        return _RUN_ID.fullmatch(path.name) is not None and (path / "config.yaml").is_file()
 
     @staticmethod
     def _worker(run_dir: Path) -> dict[str, Any] | None:
@@ -328,6 +378,7 @@ class JobManager:
 
 
 def _tail(path: Path, chars: int = 400) -> str:
+    """The last ``chars`` of a log (the caller removes absolute paths before showing it)."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:

@@ -152,7 +152,10 @@ def load_train_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
     from core.data import tokenize as T
 
     mapping = cfg.columns or None
-    loaded = D.load_data(cfg.data_path, cfg.task, mapping=mapping, tokenizer=tokenizer, max_length=cfg.max_length)
+    max_bytes = cfg.max_data_mb * 2**20 if cfg.max_data_mb else D.DEFAULT_MAX_BYTES  # the server's upload limit
+    loaded = D.load_data(
+        cfg.data_path, cfg.task, mapping=mapping, tokenizer=tokenizer, max_length=cfg.max_length, max_bytes=max_bytes
+    )
     items = list(loaded.tokenized or [])
     names = [str(n) for n in loaded.label_names] if loaded.label_names is not None else None
     fingerprint = loaded.report.fingerprint
@@ -164,6 +167,7 @@ def load_train_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
             tokenizer=tokenizer,
             max_length=cfg.max_length,
             label_names=loaded.label_names,
+            max_bytes=max_bytes,
         )
         train_items, eval_items = items, list(ev.tokenized or [])
         fingerprint += "+" + ev.report.fingerprint

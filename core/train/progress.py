@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import store
 from core.train.jobs import JobManager, RunInfo
 
 
@@ -93,7 +94,8 @@ def read_progress(jobs: JobManager, run_id: str, log_lines: int = 12) -> RunProg
             progress.loss_points = [p for p in progress.loss_points if p["step"] <= e.get("step", 0)]
     log = info.run_dir / "train.log"
     if log.is_file():
-        progress.log_tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-log_lines:])
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-log_lines:])
+        progress.log_tail = store.redact_paths(tail, jobs.home)  # a traceback names server paths; visitors see it
     return progress
 
 

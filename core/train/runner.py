@@ -416,7 +416,7 @@ def save_adapter(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "demoforge_version": core.__version__,
     }
-    with store.atomic_dir(final) as tmp:
+    with store.atomic_dir(final, replace=False) as tmp:  # a run never replaces an adapter (jobs refuse at start)
         model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
         tokenizer.save_pretrained(tmp)
         store.atomic_write_json(tmp / "adapter_card.json", card)

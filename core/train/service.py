@@ -5,11 +5,12 @@ The engine owns one :class:`Training`; the Fine-tune and Classify tabs reach run
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from core.config import TrainConfig
-from core.data import LoadedData, RawTable, read_table
+from core.data import MIB, LoadedData, RawTable, read_table
 from core.train.jobs import JobManager, RunInfo
 from core.train.progress import RunProgress, latest_run, read_progress
 from core.train.samples import Sample, by_label, samples
@@ -22,7 +23,8 @@ class Training:
         """Args:
         jobs: returns the engine's job manager (created lazily).
         validate: ``Engine.validate_data`` (tokenises with the run's tokenizer).
-        max_bytes: the upload limit, applied to previews and to the worker's reading of the file.
+        max_bytes: the upload limit (a whole number of MiB), applied to previews, to the check at start and to
+            the worker's reading of the file (through ``TrainConfig.max_data_mb``).
         """
         self._jobs, self._validate, self.max_bytes = jobs, validate, max_bytes
 
@@ -59,8 +61,27 @@ class Training:
 
     # --- runs ---------------------------------------------------------------------------------------------------
 
+    def check_name(self, adapter_name: str) -> str:
+        """The folder name a new adapter called ``adapter_name`` gets (AdapterError when taken or too long)."""
+        from core import adapters
+
+        return adapters.new_adapter_name(adapter_name, self.jobs.home)
+
     def start(self, config: TrainConfig) -> str:
-        """Start a run in a worker process; returns its id (JobBusyError while another runs)."""
+        """Check everything a worker would trip over, then start the run in a worker process; returns its id.
+
+        Refused before any process starts: another live run, a taken or unusable adapter name, and data the
+        upload report refused (the same DataError text), read with the server's size limit.
+
+        Raises:
+            JobBusyError, AdapterError, DataError: with the message for the user.
+        """
+        limit_mb = max(1, self.max_bytes // MIB)
+        config = dataclasses.replace(config, max_data_mb=min(config.max_data_mb or limit_mb, limit_mb))
+        self.jobs.check_can_start(config)
+        self.validate(config.data_path, config.task, config.base_model, config.columns or None, config.max_length)
+        if config.eval_path:
+            read_table(config.eval_path, max_bytes=self.max_bytes)
         return self.jobs.start(config)
 
     def stop(self, run_id: str | None = None) -> RunInfo | None:

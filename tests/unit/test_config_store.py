@@ -92,3 +92,74 @@ def test_atomic_dir_leaves_nothing_on_failure_and_replaces_on_success(tmp_path: 
 def test_home_honours_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMOFORGE_HOME", str(tmp_path / "h"))
     assert store.home() == tmp_path / "h" and store.subdir("runs").is_dir()
+
+
+def test_atomic_dir_without_replace_never_overwrites(tmp_path: Path) -> None:
+    """A finished adapter is never replaced by a new run's save (issue 8.5: '../id' replaced 'id')."""
+    final = tmp_path / "id"
+    with store.atomic_dir(final, replace=False) as tmp:
+        (tmp / "weights").write_text("first")
+    with pytest.raises(FileExistsError, match="'id' already exists"), store.atomic_dir(final, replace=False) as tmp:
+        (tmp / "weights").write_text("second")
+    # the folder appears while the second save is being written: still not replaced, and no temp folder left
+    other = tmp_path / "late"
+    with pytest.raises(FileExistsError, match="appeared"), store.atomic_dir(other, replace=False) as tmp:
+        other.mkdir()
+        (other / "weights").write_text("theirs")
+    assert (final / "weights").read_text() == "first" and (other / "weights").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id", "late"]
+
+
+def test_safe_name_caps_length_without_a_trailing_separator() -> None:
+    assert store.safe_name("a" * 63 + " b" * 10) == "a" * 63
+    assert len(store.safe_name("x" * 300)) == store.MAX_NAME
+
+
+def test_tmp_dir_lives_in_the_home_and_cleans_old_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scratch files (zips, scored CSVs) go to <home>/tmp and old ones are removed (issue 8.5: they piled up in
+    the system temp dir)."""
+    import os
+    import tempfile
+    import time
+
+    home = tmp_path / "home"
+    old = store.tmp_dir("zip", home)
+    (old / "a.zip").write_text("x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    legacy = Path(tempfile.mkdtemp(prefix="demoforge-zip-"))
+    os.utime(legacy, (two_hours_ago, two_hours_ago))
+    unrelated = Path(tempfile.mkdtemp(prefix="someone-else-"))
+    os.utime(unrelated, (two_hours_ago, two_hours_ago))
+    try:
+        fresh = store.tmp_dir("zip", home)
+        assert fresh.parent == home / "tmp" and fresh.name.startswith("zip-") and fresh.is_dir()
+        assert not old.exists(), "a scratch folder older than the max age is removed when the next one is made"
+        assert not legacy.exists(), "folders earlier versions left in the system temp dir are cleaned too"
+        assert unrelated.exists(), "only DemoForge's own folders are touched"
+        assert store.tmp_dir("zip", home) != fresh and fresh.exists(), "a young folder stays (a download may need it)"
+    finally:
+        import shutil
+
+        shutil.rmtree(unrelated, ignore_errors=True)
+        shutil.rmtree(legacy, ignore_errors=True)
+
+
+def test_paths_are_shown_relative_to_the_home(tmp_path: Path) -> None:
+    import sys
+
+    home = tmp_path / "home"
+    (home / "runs" / "r1").mkdir(parents=True)
+    assert store.relative_to_home(home / "runs" / "r1" / "stderr.log", home) == "runs/r1/stderr.log"
+    assert store.relative_to_home("/somewhere/else/data.csv", home) == "data.csv"
+    repo = Path(store.__file__).resolve().parents[1]
+    text = (
+        f"see {home}/runs/r1/stderr.log\n"
+        f'  File "{repo}/core/train/runner.py", line 3\n'
+        f'  File "{sys.prefix}/lib/site-packages/torch/x.py", line 9\n'
+        f"home is {home}; /rootfs/keep stays"
+    )
+    out = store.redact_paths(text, home)
+    assert str(home) not in out and str(repo) not in out and sys.prefix not in out
+    assert "see runs/r1/stderr.log" in out and 'File "core/train/runner.py"' in out
+    assert "<python>/lib/site-packages/torch/x.py" in out and "/rootfs/keep stays" in out

@@ -1,82 +1,25 @@
-"""core.data (reading, schemas, validation, report) and core.tokenize (masking, packing), on a tiny tokenizer."""
+"""core.data: reading, schema detection, validation, the report, splits (tokenisation: test_tokenize.py)."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from core.data import DataError, load_data
+from core.data import MIB, DataError, format_size, load_data
 from core.data import dataset as D
-from core.data import tokenize as T
-
-CHATML = T.CHATML_TEMPLATE
-CORPUS = [
-    "Hello there, how can I help you today?",
-    "The quick brown fox jumps over the lazy dog.",
-    "My card was charged twice for one payment.",
-    "Great movie, I loved it. Awful plot, boring and slow.",
-    "Answer: four. Two plus two is four.",
-]
-
-
-def _byte_bpe(specials: list[str], **kwargs: Any):
-    """A byte-level BPE trained on a few sentences: decodes back to the exact text, so masks can be read."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tk.train_from_iterator(CORPUS * 5, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def tok(tmp_path_factory: pytest.TempPathFactory):
-    """ChatML byte-level tokenizer, saved and reloaded so the real loading path runs."""
-    from transformers import AutoTokenizer
-
-    t = _byte_bpe(
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens=["<|im_start|>"],
-    )
-    t.chat_template = CHATML
-    path = tmp_path_factory.mktemp("tok")
-    t.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     p = tmp_path / name
     p.write_bytes(content.encode() if isinstance(content, str) else content)
     return p
-
-
-def labelled_runs(t: Any, ex: T.TokenizedExample) -> list[str]:
-    """Decoded runs of consecutive trained tokens."""
-    runs, cur = [], []
-    for i, lab in zip(ex.input_ids, ex.labels, strict=True):
-        assert lab in (T.IGNORE_INDEX, i)
-        if lab != T.IGNORE_INDEX:
-            cur.append(i)
-        elif cur:
-            runs.append(t.decode(cur))
-            cur = []
-    return runs + ([t.decode(cur)] if cur else [])
 
 
 # ---------------------------------------------------------------- bad input: one test per case
@@ -143,8 +86,51 @@ def test_file_over_size_limit_is_refused_before_reading(tmp_path: Path, monkeypa
         raise AssertionError("read before the size check")
 
     monkeypatch.setattr(Path, "read_bytes", no_read)
-    with pytest.raises(DataError, match=r"0\.0 MB, over the 0 MB limit"):
-        load_data(p, max_bytes=1000)
+    with pytest.raises(DataError, match=r"1\.6 KiB, over the 1\.0 KiB limit"):
+        load_data(p, max_bytes=1024)
+
+
+def test_size_limit_is_said_in_mib(tmp_path: Path) -> None:
+    """--max-upload-mb 50 means 50 * 2**20 bytes: the message says 50.0 MiB, not '52 MB' (issue 9.8)."""
+    p = tmp_path / "big.csv"
+    with open(p, "wb") as fh:
+        fh.truncate(51 * MIB)  # sparse: refused on its size, never read
+    with pytest.raises(DataError, match=r"big\.csv is 51\.0 MiB, over the 50\.0 MiB limit"):
+        load_data(p, max_bytes=50 * MIB)
+    assert format_size(50 * MIB) == "50.0 MiB" and format_size(2048) == "2.0 KiB"
+
+
+def _zip_bytes(names: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n in names:
+            zf.writestr(n, "text,label\nhi,a\n")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (_zip_bytes(["data.csv"]), "a ZIP archive. Unzip it"),
+        (_zip_bytes(["[Content_Types].xml", "xl/workbook.xml"]), r"an Excel workbook \(\.xlsx\)"),
+        (gzip.compress(b"text,label\nhi,a\n"), "a gzip-compressed file"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "a PDF document"),
+        (b"text,label\nhi\x00\x01\x02,a\n", r"binary data \(it holds NUL bytes\)"),
+        ("text,label\nhi,a\n".encode("utf-16"), "UTF-16 text"),
+    ],
+)
+def test_binary_file_renamed_to_csv_is_not_a_text_table(tmp_path: Path, content: bytes, what: str) -> None:
+    """A ZIP renamed to .csv used to be reported as 'not valid UTF-8' (issue 8.5)."""
+    p = write(tmp_path, "upload.csv", content)
+    with pytest.raises(DataError, match=f"upload.csv is not a text table: it looks like {what}") as e:
+        load_data(p)
+    assert "UTF-8: byte" not in str(e.value)
+
+
+def test_file_not_found_names_the_file_not_the_server_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="File not found: missing.csv") as e:
+        load_data(tmp_path / "missing.csv")
+    assert str(tmp_path) not in str(e.value)
 
 
 def test_hub_id_offline_says_upload_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,7 +268,7 @@ def test_labels_ids_names_and_warnings(tmp_path: Path) -> None:
     assert d.label_names == ["a", "b", "c"]  # sorted, not first-seen
     assert d.report.label_counts == {"b": 30, "a": 5, "c": 2}
     assert any("Imbalanced" in w and "15x" in w for w in d.report.warnings)
-    assert any("fewer than 5 examples: c" in w for w in d.report.warnings)
+    assert any("fewer than 8 rows: a, c" in w and "zero-shot" in w for w in d.report.warnings)
     assert load_data(p, label_names=["c", "b", "a"]).label_names == ["c", "b", "a"]
     with pytest.raises(DataError, match="Labels not in the given label list .*: c"):
         load_data(p, label_names=["a", "b"])
@@ -292,51 +278,27 @@ def test_labels_ids_names_and_warnings(tmp_path: Path) -> None:
     assert d.report.dropped == {"negative label (unlabelled?)": 1}
 
 
-# ---------------------------------------------------------------- tokenisation and masking
+def test_class_with_fewer_than_8_rows_is_warned_before_training(tmp_path: Path) -> None:
+    """Issue 8.3: fine-tuning on a class of 7 rows did worse than zero-shot; the report says so up front."""
+    rows = [("t", "big")] * 20 + [("t", "seven")] * 7 + [("t", "eight")] * 8
+    d = load_data(write(tmp_path, "c.csv", "text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows)))
+    rare = [w for w in d.report.warnings if "fewer than 8 rows" in w]
+    assert len(rare) == 1 and "seven" in rare[0] and "eight" not in rare[0], d.report.warnings
 
 
-def test_assistant_masking_multi_turn(tok: Any) -> None:
-    msgs = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "How can I help?"},
-        {"role": "assistant", "content": "Hello there, today."},
-        {"role": "user", "content": "Two plus two?"},
-        {"role": "assistant", "content": "Answer: four."},
-    ]
-    ex = T.tokenize_chat(tok, msgs)
-    assert tok.decode(ex.input_ids) == tok.apply_chat_template(msgs, tokenize=False)
-    assert labelled_runs(tok, ex) == ["Hello there, today.<|im_end|>", "Answer: four.<|im_end|>"]
+def test_mixed_integer_and_word_labels_are_warned(tmp_path: Path) -> None:
+    """cls_labels_int_and_str: labels 0, 1, one, zero became 4 classes without a word (issue 8.5)."""
+    labels = ["0", "1", "one", "zero"] * 10
+    d = load_data(write(tmp_path, "m.csv", "text,label\n" + "".join(f"t,{lab}\n" for lab in labels)))
+    assert d.label_names == ["0", "1", "one", "zero"]
+    mixed = [w for w in d.report.warnings if "mix integer ids" in w]
+    assert mixed and "(0, 1) and words (one, zero)" in mixed[0] and "4 separate classes" in mixed[0]
+    words = load_data(write(tmp_path, "w.csv", "text,label\n" + "t,one\nt,zero\n" * 10))
+    ints = load_data(write(tmp_path, "i.csv", "text,label\n" + "t,0\nt,1\n" * 10))
+    assert not [w for r in (words, ints) for w in r.report.warnings if "mix integer ids" in w]
 
 
-def test_masking_with_default_system_prompt_template(tok: Any) -> None:
-    """SmolLM2-style template: injects a system prompt, so a leading assistant turn is not prefix-stable."""
-    smol = (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou help.<|im_end|>\n' }}{% endif %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    tok2 = tok.__class__.from_pretrained(tok.name_or_path)
-    tok2.chat_template = smol
-    msgs = [
-        {"role": "assistant", "content": "Hello there."},
-        {"role": "user", "content": "help"},
-        {"role": "assistant", "content": "The fox."},
-    ]
-    assert labelled_runs(tok2, T.tokenize_chat(tok2, msgs)) == ["Hello there.<|im_end|>", "The fox.<|im_end|>"]
-
-
-def test_ensure_chat_template(tok: Any) -> None:
-    bare = tok.__class__.from_pretrained(tok.name_or_path)
-    bare.chat_template = None
-    with pytest.raises(ValueError, match="ensure_chat_template"):
-        T.tokenize_chat(bare, MSGS)
-    assert T.ensure_chat_template(bare) is True and bare.chat_template == T.CHATML_TEMPLATE
-    assert T.ensure_chat_template(bare) is False
-    # no ChatML tokens: role tags, turns closed by EOS so generate() stops
-    gpt = _byte_bpe(["<|endoftext|>"], eos_token="<|endoftext|>")
-    assert T.ensure_chat_template(gpt) and gpt.chat_template == T.ROLE_TAG_TEMPLATE
-    assert labelled_runs(gpt, T.tokenize_chat(gpt, MSGS)) == ["hello<|endoftext|>"]
+# ---------------------------------------------------------------- with a tokenizer: too long, report
 
 
 def test_sft_too_long_dropped_and_classification_truncated(tmp_path: Path, tok: Any) -> None:
@@ -352,12 +314,12 @@ def test_sft_too_long_dropped_and_classification_truncated(tmp_path: Path, tok: 
     assert [e.label for e in d.tokenized] == [0, 1]
 
 
-def test_report_on_generated_300_row_csv(tmp_path: Path, tok: Any) -> None:
+def test_report_on_generated_300_row_csv(tmp_path: Path, tok: Any, corpus: list[str]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["sentence", "category"])
     for i in range(300):
-        w.writerow([f"{CORPUS[i % 5]} #{i}" if i % 50 else "", ["billing", "cards", "other"][i % 3]])
+        w.writerow([f"{corpus[i % 5]} #{i}" if i % 50 else "", ["billing", "cards", "other"][i % 3]])
     d = load_data(write(tmp_path, "big.csv", buf.getvalue()), tokenizer=tok, max_length=12)
     r = d.report
     assert (r.rows_read, r.rows_kept, r.dropped) == (300, 294, {"empty": 6})
@@ -368,76 +330,6 @@ def test_report_on_generated_300_row_csv(tmp_path: Path, tok: Any) -> None:
     md = r.to_markdown()
     assert "294 kept" in md and "| empty | 6 | line 2 (sentence)" in md and "| billing | 98 |" in md
     assert len(r.samples) == 3 and len(r.fingerprint) == 12
-
-
-# ---------------------------------------------------------------- packing
-
-
-def _ex(n: int, start: int = 10) -> T.TokenizedExample:
-    ids = list(range(start, start + n))
-    return T.TokenizedExample(ids, list(ids))
-
-
-def test_pack_first_fit_decreasing() -> None:
-    exs = [_ex(n, 10 * i) for i, n in enumerate([3, 7, 5, 2, 6, 4, 1])]  # 28 tokens
-    rows = T.pack_examples(exs, 10)
-    assert [r.seq_lens for r in rows] == [[7, 3], [6, 4], [5, 2, 1]]
-    for r in rows:
-        assert len(r) <= 10 and sum(r.seq_lens) == len(r)
-        starts = [sum(r.seq_lens[:k]) for k in range(len(r.seq_lens))]
-        assert r.position_ids == [p for n in r.seq_lens for p in range(n)]
-        assert all(r.labels[s] == -100 for s in starts)  # never predicted from the previous example
-        assert all(r.labels[i] == r.input_ids[i] for i in range(len(r)) if i not in starts)
-    assert T.pack_examples(exs, 10) == rows
-    with pytest.raises(ValueError, match="longer than max_length=6"):
-        T.pack_examples(exs, 6)
-
-
-def test_collate_packed_pads_with_own_block() -> None:
-    rows = T.pack_examples([_ex(4), _ex(3), _ex(2)], 5)
-    b = T.collate_packed(rows, pad_token_id=0)
-    assert b["input_ids"].shape == b["labels"].shape == b["position_ids"].shape == (2, 5)
-    assert b["position_ids"][1].tolist() == [0, 1, 2, 0, 1] and b["labels"][0, 4].item() == -100
-    assert b["input_ids"][0, 4].item() == 0 and "attention_mask" not in b
-
-
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
-def test_packed_examples_never_attend_to_each_other(tok: Any, impl: str) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=len(tok),
-            attn_implementation=impl,
-        )
-    ).eval()
-    exs = [
-        T.tokenize_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
-        for q, a in [("Hello there", "The quick fox."), ("Two plus two?", "four"), ("card", "charged twice")]
-    ]
-    (row,) = T.pack_examples(exs, 200)
-    batch = T.collate_packed([row])
-    with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
-        ids = [ex.input_ids for ex in sorted(exs, key=len, reverse=True)]  # FFD order = packed order
-        assert [len(i) for i in ids] == row.seq_lens
-        start = 0
-        for seq in ids:
-            solo = model(input_ids=torch.tensor([seq])).logits[0]
-            torch.testing.assert_close(packed[start : start + len(seq)], solo, atol=1e-5, rtol=0)
-            start += len(seq)
-        # the check can fail: without restarting positions the later examples see the earlier ones
-        flat = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
-        assert not torch.allclose(flat[-len(ids[-1]) :], solo, atol=1e-3)
-        # transformers 5.24 pitfall: a KV cache (use_cache defaults to True) disables packed-mask detection
-        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
-        assert not torch.allclose(cached[-len(ids[-1]) :], solo, atol=1e-3)
 
 
 # ---------------------------------------------------------------- split and fingerprint
