@@ -156,7 +156,8 @@ def build_server(
     else:
         log.info("Audience mode without DEMOFORGE_BUILDER_AUTH: the builder app is not served.")
     # Mounted last: "/" would otherwise catch /builder too.
-    gr.mount_gradio_app(app, audience, "/", auth=config.auth, **common)
+    # No run history for visitors: the data notice promises conversations are not kept, in the browser either.
+    gr.mount_gradio_app(app, audience, "/", auth=config.auth, run_history=False, **common)
     add_endpoint_guard(app, {"": audience, **({BUILDER_PATH: builder} if builder else {})})
     return Served(app, audience, builder, BUILDER_PATH if builder else None)
 

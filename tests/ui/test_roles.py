@@ -27,8 +27,18 @@ pytestmark = pytest.mark.ui
 AUDIENCE = ("guest", "guest-pw")
 BUILDER = ("boss", "boss-pw")
 # What an audience may call: nothing else may exist on the audience app.
-AUDIENCE_ENDPOINTS = {"respond", "chat", "classify", "arena_ask", "vote_a", "vote_b", "vote_tie", "vote_both_bad"}
-AUDIENCE_MODULES = {"demo.audience", "demo.arena_tab", "demo.errors"}
+AUDIENCE_ENDPOINTS = {
+    "respond",
+    "chat",
+    "load_example",
+    "classify",
+    "arena_ask",
+    "vote_a",
+    "vote_b",
+    "vote_tie",
+    "vote_both_bad",
+}
+AUDIENCE_MODULES = {"demo.audience", "demo.arena_tab", "demo.errors", "gradio.helpers"}  # helpers: gr.Examples
 
 
 def make_chat_adapter(folder: Path, base: Path, seed: int) -> None:
@@ -48,6 +58,7 @@ def make_chat_adapter(folder: Path, base: Path, seed: int) -> None:
 def audience_profile() -> DemoProfile:
     return DemoProfile(
         title="Acme roles demo",
+        examples=["w1 w2 good"],
         audience_adapters=["tuned-a"],
         default_adapter="tuned-a",
         tabs=["chat", "classify"],
@@ -168,6 +179,46 @@ def test_arena_round_vote_reveal_and_builder_results(roles: dict) -> None:
     table = builder.predict(api_name="/arena_results")
     rows = table["data"]
     assert rows[0][0] == "base model vs tuned-a" and rows[0][1] >= 1
+
+
+def test_votes_survive_a_server_restart(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with isolated_home(tmp_path):
+        make_chat_adapter(tmp_path / "adapters" / "tuned-a", tiny_models["llama"], 1)
+        config = AppConfig(
+            model=str(tiny_models["llama"]), builder_auth=BUILDER, mode="audience", profile=audience_profile()
+        )
+        engine = Engine(config)
+        for expected in (2, 4):  # two votes per server life; the second life sees all four
+            with running(build_server(engine, config), "127.0.0.1", free_port()) as url:
+                client = Client(url, verbose=False)
+                for verdict in ("/vote_a", "/vote_tie"):
+                    client.predict("w1 good", api_name="/arena_ask")
+                    client.predict(api_name=verdict)
+                rows = Client(f"{url}/builder/", auth=BUILDER, verbose=False).predict(api_name="/arena_results")
+                assert rows["data"][0][1] == expected
+        assert VoteStore().count() == 4  # the home's arena.sqlite
+
+
+def test_builder_mode_serves_the_builder_app_at_the_root(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with isolated_home(tmp_path):
+        config = AppConfig(model=str(tiny_models["llama"]), mode="builder")
+        served = build_server(Engine(config), config)
+        assert served.audience is None and served.builder_path == "/"
+        with running(served, "127.0.0.1", free_port()) as url:
+            named = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+            assert "/arena_results" in named and "/save_profile" in named
+
+
+def test_builder_saves_the_current_settings_as_a_profile(roles: dict) -> None:
+    builder = Client(f"{roles['url']}/builder/", auth=BUILDER, verbose=False)
+    args = ["Acme saved", "desc", "Be brief.", "w1 good\nw2 bad", ["tuned-b"], "tuned-b", ["chat"], "", True]
+    msg = builder.predict("saved-demo", *args, "", 14, False, api_name="/save_profile")
+    assert "saved-demo.yaml" in msg
+    saved = DemoProfile.load("saved-demo")
+    assert saved.audience_adapters == ["tuned-b"] and saved.default_adapter == "tuned-b"
+    assert saved.examples == ["w1 good", "w2 bad"] and saved.retention_days == 14
+    with pytest.raises(AppError, match="default_adapter='tuned-a' is not in audience_adapters"):
+        builder.predict("bad", *args[:5], "tuned-a", *args[6:], "", 14, False, api_name="/save_profile")
 
 
 def test_failed_sign_ins_are_throttled_per_client(tiny_models: dict[str, Path], tmp_path: Path) -> None:
