@@ -9,6 +9,7 @@ What the audience may pick (adapters, labels) is still checked on the server in 
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,12 @@ import gradio as gr
 from core.arena import BASE, VoteStore
 from core.auth import refusal
 from core.config import AppConfig, DemoProfile, GenerationSettings
-from core.errors import ChatError, ConfigError
+from core.errors import ChatError, ClassifyError, ConfigError, DemoForgeError
 from demo.arena_tab import MAX_PROMPT_CHARS, MODEL_QUEUE, ArenaHandlers, build_arena_tab
 from demo.errors import shows_errors
+
+MAX_TURNS = 20
+"""Earlier messages an audience reply sees (the oldest beyond this are dropped)."""
 
 
 def _text(content: Any) -> str:
@@ -65,7 +69,10 @@ class AudienceHandlers:
             raise ChatError(f"The message is too long ({len(message)} characters): keep it under {MAX_PROMPT_CHARS}.")
         name = self._adapter(adapter)
         plain = [{"role": m["role"], "content": _text(m.get("content"))} for m in history or []]
-        plain = [m for m in plain if m["role"] in ("user", "assistant")]  # no system prompt from the client
+        # No system prompt from the client; and a bounded history (core truncates to the context anyway, but a
+        # visitor's multi-megabyte history should not cost the server a tokenisation).
+        plain = [m for m in plain if m["role"] in ("user", "assistant")][-MAX_TURNS:]
+        plain = [m for m in plain if len(m["content"]) <= 4 * MAX_PROMPT_CHARS]
         turns = [*plain, {"role": "user", "content": message}]
         yield [*turns, {"role": "assistant", "content": ""}], ""
         settings = GenerationSettings(max_new_tokens=self.profile.max_new_tokens)
@@ -75,6 +82,8 @@ class AudienceHandlers:
     def classify(self, text: str) -> dict[str, float]:
         """The profile's classifier: its adapter, or zero-shot over its labels."""
         p = self.profile
+        if len(text or "") > 4 * MAX_PROMPT_CHARS:
+            raise ClassifyError(f"The text is too long ({len(text)} characters): keep it under {4 * MAX_PROMPT_CHARS}.")
         if p.classify_adapter:
             pred = self.engine.classify.classify(text, None, "adapter", p.classify_adapter)
         else:
@@ -97,6 +106,21 @@ def check_profile(engine: Any, profile: DemoProfile) -> None:
                 f"The profile's classify_adapter {profile.classify_adapter!r} is not in the library; "
                 f"available: {sorted(names)}."
             )
+
+
+def _run_card(profile: DemoProfile) -> str | None:
+    """The run card of the adapter the audience lands on, if it has one."""
+    name = profile.default_adapter or (profile.audience_adapters or [None])[0]
+    if not name:
+        return None
+    from core import adapters
+    from core.runcard import CARD_FILE
+
+    try:
+        path = adapters.get(name).path / CARD_FILE
+    except DemoForgeError:
+        return None
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def accent_css(profile: DemoProfile) -> str:
@@ -146,6 +170,11 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                 with gr.Tab("Arena", id="arena"):
                     handlers = ArenaHandlers(engine, profile, votes or VoteStore(retention_days=profile.retention_days))
                     build_arena_tab(handlers, config.concurrency)
+            about = _run_card(profile)
+            if about is not None:
+                with gr.Tab("About this model", id="about"):
+                    # In an iframe: the card's own styles stay inside it; srcdoc needs no file route.
+                    gr.HTML(f'<iframe srcdoc="{html.escape(about)}" style="width:100%;height:900px;border:0"></iframe>')
             if "classify" in profile.tabs:
                 with gr.Tab("Classify", id="classify"):
                     text = gr.Textbox(label="Text to classify", lines=3, elem_id="df-classify-text")

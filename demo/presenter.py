@@ -10,8 +10,11 @@ from typing import Any
 
 import gradio as gr
 
+from core import adapters
 from core.arena import VoteStore
-from core.config import AUDIENCE_TABS, DemoProfile
+from core.config import AUDIENCE_TABS, DemoProfile, GenerationSettings
+from core.errors import AdapterError
+from core.runcard import Comparison, held_out, write_run_card
 from demo.arena_tab import build_results_panel
 from demo.errors import shows_errors
 
@@ -94,9 +97,51 @@ def add_presenter_panel(app: gr.Blocks, engine: Any, profile: DemoProfile, votes
             path = new.save(name)
             return f"Saved **{path.name}** in `{path.parent}`. Start the audience view with `--profile {path.stem}`."
 
+        gr.Markdown("### Run card\nOne self-contained HTML page per adapter: metrics, loss curve, held-out answers.")
+        with gr.Row():
+            card_pick = gr.Dropdown(_all_adapters(), label="Adapter", elem_id="df-card-pick")
+            card_go = gr.Button("Make run card")
+        card_file = gr.File(label="Run card (HTML)", interactive=False)
+        card_go.click(
+            shows_errors("making the run card")(lambda n: make_run_card(engine, profile, n)),
+            [card_pick],
+            [card_file],
+            api_name="run_card",
+            concurrency_id="model",
+        )
+
         inputs = [name, title, description, system_prompt, examples, adapters, default, tabs, labels, arena]
         save.click(save_profile, [*inputs, notice, days, keep_prompts], [saved], api_name="save_profile")
     return {**results, "save": save, "saved": saved}
+
+
+def _all_adapters() -> list[str]:
+    return [a.name for a in adapters.list_adapters()]
+
+
+def _last(pieces: Any) -> str:
+    text = ""
+    for piece in pieces:
+        text = piece.text
+    return text
+
+
+def make_run_card(engine: Any, profile: DemoProfile, name: str | None) -> str:
+    """Write the adapter's run card, answering up to 3 held-out prompts with the base and the adapter (greedy)."""
+    if not name:
+        raise AdapterError("Pick an adapter first.")
+    info = adapters.get(name)
+    comparisons = []
+    for prompt, expected, turns in held_out(info):
+        if info.task == "sft":
+            settings = GenerationSettings(temperature=0.0, max_new_tokens=profile.max_new_tokens)
+            base = _last(engine.chat_stream(turns, settings, None, adapter=None))
+            tuned = _last(engine.chat_stream(turns, settings, None, adapter=name))
+        else:
+            base = engine.classify.classify(prompt, info.labels, "embedding").label
+            tuned = engine.classify.classify(prompt, None, "adapter", name).label
+        comparisons.append(Comparison(prompt, base, tuned, expected))
+    return str(write_run_card(info, comparisons))
 
 
 def _has_adapters(engine: Any) -> bool:

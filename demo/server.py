@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -201,8 +202,11 @@ def serve_forever(engine: Any, config: AppConfig) -> None:
             from gradio import networking
 
             blocks = served.audience or served.builder
-            share = networking.setup_tunnel(config.host, config.port, blocks.share_token, None, None)
-            print(f"Public share link (audience view): {share}", flush=True)
+            try:
+                share = networking.setup_tunnel(config.host, config.port, blocks.share_token, None, None)
+                print(f"Public share link ({'audience' if served.audience else 'builder'} view): {share}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - offline or the share server refused: keep serving locally
+                print(f"No share link ({exc}); the app keeps serving at {url}/", file=sys.stderr, flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -221,6 +221,16 @@ def test_builder_saves_the_current_settings_as_a_profile(roles: dict) -> None:
         builder.predict("bad", *args[:5], "tuned-a", *args[6:], "", 14, False, api_name="/save_profile")
 
 
+def test_builder_makes_a_run_card_for_an_adapter(roles: dict) -> None:
+    builder = Client(f"{roles['url']}/builder/", auth=BUILDER, verbose=False)
+    path = builder.predict("tuned-a", api_name="/run_card")
+    html = Path(path).read_text(encoding="utf-8")
+    assert html.startswith("<!doctype html>") and "tuned-a" in html and "<script" not in html
+    audience = Client(roles["url"], auth=AUDIENCE, verbose=False)
+    with pytest.raises(ValueError, match="Cannot find"):
+        audience.submit("tuned-a", api_name="/run_card")
+
+
 def test_failed_sign_ins_are_throttled_per_client(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     with isolated_home(tmp_path):
         config = AppConfig(
