@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from core.config import AppConfig, ConfigError, DemoProfile, parse_auth
 from core.models import ModelError
@@ -82,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Heavy imports after the flags are checked, so a typo fails in a fraction of a second.
     from core.engine import Engine
+
+    # A published Space bundle carries its adapters beside app.py: copy them into the DemoForge home (issue 11).
+    from core.publish import seed_home
     from demo.server import serve_forever
 
+    if seeded := seed_home(Path(__file__).resolve().parent):
+        print(f"Adapters from the bundle: {', '.join(seeded)}", flush=True)
     engine = Engine(config)
     start = time.perf_counter()
     try:
