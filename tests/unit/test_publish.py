@@ -57,7 +57,7 @@ def test_bundle_has_front_matter_code_requirements_adapters_and_models(bundle) -
 
 def test_the_bundle_finds_its_vendored_models_first(bundle) -> None:
     # As `python app.py` in the Space: the script's folder is first on sys.path.
-    code = "from core.models import embedded_gguf_file, embedded_encoder_path as e; print(embedded_gguf_file()); print(e())"
+    code = "from core.models import embedded_gguf_file as g, embedded_encoder_path as e; print(g()); print(e())"
     out = subprocess.run([sys.executable, "-c", code], cwd=bundle.path, capture_output=True, text=True, check=True)
     gguf, encoder = out.stdout.split()
     assert Path(gguf).resolve().is_relative_to(bundle.path.resolve())
