@@ -79,6 +79,8 @@ class DemoProfile:
     """Example prompts shown under the chat box."""
     max_new_tokens: int = 256
     """Longest audience answer, in tokens (Chat and both arena answers)."""
+    temperature: float = 0.7
+    """Sampling temperature of audience answers; 0 is greedy (the same answer every time)."""
     default_adapter: str | None = None
     """Chat adapter an audience visitor lands on; None is the base model. Must be one of audience_adapters."""
     audience_adapters: list[str] = field(default_factory=list)
@@ -120,6 +122,7 @@ class DemoProfile:
                 f"{self.audience_adapters}: add it there, or leave default_adapter empty for the base model."
             )
         _check_range("profile max_new_tokens", self.max_new_tokens, 1, 4096)
+        _check_range("profile temperature", self.temperature, 0.0, 2.0)
         bad_tabs = [t for t in self.tabs if t not in AUDIENCE_TABS]
         if bad_tabs:
             raise ConfigError(

@@ -39,7 +39,8 @@ class ArenaHandlers:
 
     def _answer(self, model: str, prompt: str, seed: int) -> Iterator[str]:
         # Same seed on both sides: sampling noise does not decide the vote.
-        settings = GenerationSettings(seed=seed, max_new_tokens=self.profile.max_new_tokens)
+        p = self.profile
+        settings = GenerationSettings(temperature=p.temperature, seed=seed, max_new_tokens=p.max_new_tokens)
         adapter = None if model == BASE else model
         history = [{"role": "user", "content": prompt}]
         for piece in self.engine.chat_stream(history, settings, self.profile.system_prompt, adapter=adapter):

@@ -75,7 +75,7 @@ class AudienceHandlers:
         plain = [m for m in plain if len(m["content"]) <= 4 * MAX_PROMPT_CHARS]
         turns = [*plain, {"role": "user", "content": message}]
         yield [*turns, {"role": "assistant", "content": ""}], ""
-        settings = GenerationSettings(max_new_tokens=self.profile.max_new_tokens)
+        settings = GenerationSettings(temperature=self.profile.temperature, max_new_tokens=self.profile.max_new_tokens)
         for piece in self.engine.chat_stream(turns, settings, self.profile.system_prompt, adapter=name):
             yield [*turns, {"role": "assistant", "content": piece.text}], ""
 
