@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from core.config import AppConfig, ConfigError, DemoProfile, parse_auth
 from core.models import ModelError
@@ -35,7 +36,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a demo profile: a name in assets/profiles/ or a YAML path",
     )
     p.add_argument("--share", action="store_true", help="public Gradio share link (requires --auth)")
-    p.add_argument("--auth", default=None, help="user:password (or env DEMOFORGE_AUTH)")
+    p.add_argument(
+        "--auth", default=None, help="user:password (or env DEMOFORGE_AUTH); the audience's in audience mode"
+    )
+    p.add_argument(
+        "--builder-auth", default=None, help="builder's user:password in audience mode (or env DEMOFORGE_BUILDER_AUTH)"
+    )
+    p.add_argument(
+        "--mode",
+        default=os.environ.get("DEMOFORGE_MODE", "auto"),
+        choices=["auto", "audience", "builder"],
+        help="'audience': the profile's view at / and the builder at /builder; 'auto': audience with --share or on "
+        "a Space, else builder",
+    )
     p.add_argument("--queue-size", type=int, default=16, help="waiting requests before 'busy'")
     p.add_argument("--concurrency", type=int, default=1, help="model calls at once (raise on a GPU)")
     p.add_argument("--max-upload-mb", type=int, default=50)
@@ -53,6 +66,8 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         profile=DemoProfile.load(args.profile),
         share=args.share,
         auth=parse_auth(args.auth),
+        builder_auth=parse_auth(args.builder_auth, "DEMOFORGE_BUILDER_AUTH"),
+        mode=args.mode,
         queue_size=args.queue_size,
         concurrency=args.concurrency,
         max_upload_mb=args.max_upload_mb,
@@ -68,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Heavy imports after the flags are checked, so a typo fails in a fraction of a second.
     from core.engine import Engine
-    from demo import build_app, launch_options
 
+    # A published Space bundle carries its adapters beside app.py: copy them into the DemoForge home (issue 11).
+    from core.publish import seed_home
+    from demo.server import serve_forever
+
+    if seeded := seed_home(Path(__file__).resolve().parent):
+        print(f"Adapters from the bundle: {', '.join(seeded)}", flush=True)
     engine = Engine(config)
     start = time.perf_counter()
     try:
@@ -79,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Model ready: {label} ({time.perf_counter() - start:.1f}s)", flush=True)
-    app = build_app(engine, config)
-    app.launch(**launch_options(config))
+    # --- role split (issue 11): one server, the audience app at / and the builder app at /builder in audience mode,
+    # the builder app at / otherwise; see demo/server.py.
+    try:
+        serve_forever(engine, config)
+    except ConfigError as exc:  # a profile naming adapters or labels the library has not got
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

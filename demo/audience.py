@@ -1,0 +1,186 @@
+"""The audience's app: a Blocks built only from audience-safe handlers (Chat, Arena, Classify as the profile says).
+
+Why a separate Blocks rather than a role check in every builder handler: Gradio keeps every event of a Blocks
+callable over HTTP (by api_name, and by fn_index even when ``api_visibility="private"``), hidden or not. Here the
+builder's events (training, rename, delete, merge, push, model switching) are never registered, so no request can
+reach them; a check per handler would have to be remembered in every future handler, and one forgotten is a hole.
+What the audience may pick (adapters, labels) is still checked on the server in each handler below.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from core.arena import BASE, VoteStore
+from core.auth import refusal
+from core.config import AppConfig, DemoProfile, GenerationSettings
+from core.errors import ChatError, ClassifyError, ConfigError, DemoForgeError
+from demo.arena_tab import MAX_PROMPT_CHARS, MODEL_QUEUE, ArenaHandlers, build_arena_tab
+from demo.errors import shows_errors
+
+MAX_TURNS = 20
+"""Earlier messages an audience reply sees (the oldest beyond this are dropped)."""
+
+
+def _text(content: Any) -> str:
+    """Gradio 6 message content (a string or a list of text blocks) -> plain text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    if isinstance(content, list):
+        return "".join(_text(block) for block in content)
+    return "" if content is None else str(content)
+
+
+@dataclass
+class AudienceHandlers:
+    """Chat and Classify for an audience, confined to what the profile names."""
+
+    engine: Any
+    profile: DemoProfile
+
+    def chat_choices(self) -> list[str]:
+        """What the audience may chat with: the profile's adapters, or the base alone when it names none."""
+        return list(self.profile.audience_adapters) or [BASE]
+
+    def _adapter(self, choice: str | None) -> str | None:
+        choice = choice or self.profile.default_adapter or self.chat_choices()[0]
+        if choice not in self.chat_choices():
+            raise refusal("switch_model")
+        return None if choice == BASE else choice
+
+    def chat(self, message: str, adapter: str | None = None) -> Iterator[str]:
+        """One question, one streamed answer (the API's /chat)."""
+        for history, _ in self.respond(message, [], adapter):
+            yield _text(history[-1]["content"]) if history[-1]["role"] == "assistant" else ""
+
+    def respond(self, message: str, history: list[dict] | None, adapter: str | None) -> Iterator[tuple[list, str]]:
+        """Stream the reply into the chat history; the system prompt is always the profile's."""
+        message = (message or "").strip()
+        if not message:
+            raise ChatError("The message is empty: type something to send.")
+        if len(message) > MAX_PROMPT_CHARS:
+            raise ChatError(f"The message is too long ({len(message)} characters): keep it under {MAX_PROMPT_CHARS}.")
+        name = self._adapter(adapter)
+        plain = [{"role": m["role"], "content": _text(m.get("content"))} for m in history or []]
+        # No system prompt from the client; and a bounded history (core truncates to the context anyway, but a
+        # visitor's multi-megabyte history should not cost the server a tokenisation).
+        plain = [m for m in plain if m["role"] in ("user", "assistant")][-MAX_TURNS:]
+        plain = [m for m in plain if len(m["content"]) <= 4 * MAX_PROMPT_CHARS]
+        turns = [*plain, {"role": "user", "content": message}]
+        yield [*turns, {"role": "assistant", "content": ""}], ""
+        settings = GenerationSettings(temperature=self.profile.temperature, max_new_tokens=self.profile.max_new_tokens)
+        for piece in self.engine.chat_stream(turns, settings, self.profile.system_prompt, adapter=name):
+            yield [*turns, {"role": "assistant", "content": piece.text}], ""
+
+    def classify(self, text: str) -> dict[str, float]:
+        """The profile's classifier: its adapter, or zero-shot over its labels."""
+        p = self.profile
+        if len(text or "") > 4 * MAX_PROMPT_CHARS:
+            raise ClassifyError(f"The text is too long ({len(text)} characters): keep it under {4 * MAX_PROMPT_CHARS}.")
+        if p.classify_adapter:
+            pred = self.engine.classify.classify(text, None, "adapter", p.classify_adapter)
+        else:
+            pred = self.engine.classify.classify(text, p.classify_labels, p.classify_method)
+        return dict(pred.probs)
+
+
+def check_profile(engine: Any, profile: DemoProfile) -> None:
+    """Fail at start, with the names to use, when the profile names adapters that are not in the library."""
+    chat = {a.name for a in engine.chat_adapters()}
+    missing = [a for a in profile.audience_adapters if a not in chat]
+    if missing:
+        raise ConfigError(
+            f"The profile names chat adapters {missing} that this app's model has not got; available: {sorted(chat)}."
+        )
+    if "classify" in profile.tabs and profile.classify_adapter:
+        names = {a.name for a in engine.classify.adapters()}
+        if profile.classify_adapter not in names:
+            raise ConfigError(
+                f"The profile's classify_adapter {profile.classify_adapter!r} is not in the library; "
+                f"available: {sorted(names)}."
+            )
+
+
+def _run_card(profile: DemoProfile) -> str | None:
+    """The run card of the adapter the audience lands on, if it has one."""
+    name = profile.default_adapter or (profile.audience_adapters or [None])[0]
+    if not name:
+        return None
+    from core import adapters
+    from core.runcard import CARD_FILE
+
+    try:
+        path = adapters.get(name).path / CARD_FILE
+    except DemoForgeError:
+        return None
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def accent_css(profile: DemoProfile) -> str:
+    """CSS for the profile's accent colour (primary buttons and the header rule)."""
+    if not profile.accent_color:
+        return ""
+    c = profile.accent_color
+    return (
+        f":root {{ --df-accent: {c}; }}\n"
+        f"button.primary, .primary {{ background: {c} !important; border-color: {c} !important; }}\n"
+        f"#df-header {{ border-bottom: 3px solid {c}; }}\n"
+    )
+
+
+def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None = None) -> gr.Blocks:
+    """The audience's Blocks: only the profile's tabs, only audience-safe events."""
+    profile = config.profile
+    check_profile(engine, profile)
+    chat = AudienceHandlers(engine, profile)
+    arena_on = profile.arena and len(profile.audience_adapters) >= 1
+    kw: dict[str, Any] = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": config.concurrency}
+    with gr.Blocks(title=profile.title) as app:
+        with gr.Row(elem_id="df-header"):
+            if profile.logo:
+                gr.Image(profile.logo, show_label=False, height=64, width=64, container=False, scale=0)
+            gr.Markdown(f"# {profile.title}\n{profile.description}")
+        gr.Markdown(f"*{profile.notice}*", elem_id="df-data-notice")
+        with gr.Tabs():
+            if "chat" in profile.tabs:
+                with gr.Tab("Chat", id="chat"):
+                    choices = chat.chat_choices()
+                    default = profile.default_adapter or choices[0]
+                    # Custom values reach the handler, whose check refuses them in words naming the builder role.
+                    adapter = gr.Dropdown(
+                        choices, value=default, label="Model", visible=len(choices) > 1, allow_custom_value=True
+                    )
+                    bot = gr.Chatbot(label=profile.title, height=420, elem_id="df-chatbot")
+                    msg = gr.Textbox(label="Message", elem_id="df-msg", max_length=MAX_PROMPT_CHARS)
+                    respond = shows_errors("answering")(chat.respond)
+                    msg.submit(respond, [msg, bot, adapter], [bot, msg], api_name="respond", **kw)
+                    if profile.examples:
+                        gr.Examples(profile.examples, [msg])
+                    hidden = gr.Textbox(visible=False)
+                    api_chat = shows_errors("answering")(chat.chat)
+                    hidden.submit(api_chat, [hidden, adapter], [hidden], api_name="chat", **kw)
+            if arena_on:
+                with gr.Tab("Arena", id="arena"):
+                    handlers = ArenaHandlers(engine, profile, votes or VoteStore(retention_days=profile.retention_days))
+                    build_arena_tab(handlers, config.concurrency)
+            about = _run_card(profile)
+            if about is not None:
+                with gr.Tab("About this model", id="about"):
+                    # In an iframe: the card's own styles stay inside it; srcdoc needs no file route.
+                    gr.HTML(f'<iframe srcdoc="{html.escape(about)}" style="width:100%;height:900px;border:0"></iframe>')
+            if "classify" in profile.tabs:
+                with gr.Tab("Classify", id="classify"):
+                    text = gr.Textbox(label="Text to classify", lines=3, elem_id="df-classify-text")
+                    go = gr.Button("Classify", variant="primary")
+                    label = gr.Label(label="Label", elem_id="df-classify-label")
+                    classify = shows_errors("classifying")(chat.classify)
+                    go.click(classify, [text], [label], api_name="classify", **kw)
+    app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
+    return app

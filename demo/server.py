@@ -1,0 +1,214 @@
+"""One web server for both roles: the audience app and the builder app mounted on one FastAPI app, each with its
+own sign-in, plus a throttle on failed sign-ins per client.
+
+Audience mode (``--share``, a Space, or ``--mode audience``): the audience app at ``/`` (password ``DEMOFORGE_AUTH``,
+if set) and the builder app at ``/builder`` behind ``DEMOFORGE_BUILDER_AUTH``; without builder credentials the
+builder app is not served at all. Builder mode (a laptop): the builder app at ``/``, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from core.arena import VoteStore
+from core.auth import LoginThrottle
+from core.config import AppConfig
+from demo import build_app, launch_options
+from demo.audience import accent_css, build_audience_app
+from demo.presenter import add_presenter_panel
+
+log = logging.getLogger("demoforge")
+BUILDER_PATH = "/builder"
+
+
+def build_builder_app(engine: Any, config: AppConfig, votes: VoteStore) -> gr.Blocks:
+    """Today's full app plus the presenter panel (arena results, save as profile)."""
+    app = build_app(engine, config)
+    add_presenter_panel(app, engine, config.profile, votes)
+    return app
+
+
+def _client(request: Request) -> str:
+    # On a Space the proxy in front sets X-Forwarded-For; elsewhere a client could forge it, so it is ignored.
+    forwarded = request.headers.get("x-forwarded-for") if os.environ.get("SPACE_ID") else None
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    return request.client.host if request.client else "unknown"
+
+
+def add_login_throttle(app: FastAPI, throttle: LoginThrottle) -> None:
+    """Refuse sign-in attempts from a client that failed too often (429 with the wait), and count outcomes."""
+
+    @app.middleware("http")
+    async def throttle_logins(request: Request, call_next: Any) -> Response:
+        if request.method != "POST" or not request.url.path.rstrip("/").endswith("/login"):
+            return await call_next(request)
+        client = _client(request)
+        wait = throttle.wait_s(client)
+        if wait > 0:
+            await request.body()  # drain it: answering before reading resets a keep-alive connection
+            return JSONResponse(
+                {"detail": throttle.message(wait)}, status_code=429, headers={"Retry-After": str(round(wait) + 1)}
+            )
+        response = await call_next(request)
+        ok = response.status_code < 400
+        throttle.record(client, ok)
+        if not ok:
+            await asyncio.sleep(0.2)  # a fixed cost per failure on top of the growing wait
+        return response
+
+
+_API_CALL = re.compile(r"^(?P<prefix>/builder)?/gradio_api/(?:call|run)/(?P<name>[^/]+)/?$")
+_QUEUE_JOIN = re.compile(r"^(?P<prefix>/builder)?/gradio_api/queue/join/?$")
+UNKNOWN_ACTION = (
+    "This app has no action {name!r}. Only the demo's builder can use the builder's actions: sign in as builder "
+    "(at /builder)."
+)
+
+
+def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks]) -> None:
+    """Answer a call to an api_name or fn_index that a mounted app lacks with a 404 in words (Gradio answers a bare
+    500, or drops the connection).
+
+    ``mounted`` maps a mount prefix ('' for /, '/builder') to the Blocks mounted there.
+    """
+    names = {prefix: {fn.api_name for fn in b.fns.values() if fn.api_name} for prefix, b in mounted.items()}
+    indices = {prefix: set(b.fns) for prefix, b in mounted.items()}
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        if request.method != "POST":
+            return await call_next(request)
+        path = request.url.path
+        unknown: str | None = None
+        if match := _API_CALL.match(path):
+            if match.group("name") not in names.get(match.group("prefix") or "", set()):
+                unknown = match.group("name")
+        elif match := _QUEUE_JOIN.match(path):
+            try:
+                index = json.loads(await request.body() or b"{}").get("fn_index")
+            except (ValueError, AttributeError):
+                index = None
+            if index is not None and index not in indices.get(match.group("prefix") or "", set()):
+                unknown = f"#{index}"
+        if unknown is None:
+            return await call_next(request)
+        await request.body()  # drain it: answering before reading resets a keep-alive connection
+        return JSONResponse({"detail": UNKNOWN_ACTION.format(name=unknown)}, status_code=404)
+
+
+@dataclass
+class Served:
+    """What :func:`build_server` made: the FastAPI app and the Blocks mounted on it."""
+
+    app: FastAPI
+    audience: gr.Blocks | None
+    builder: gr.Blocks | None
+    builder_path: str | None
+
+
+def build_server(
+    engine: Any, config: AppConfig, votes: VoteStore | None = None, throttle: LoginThrottle | None = None
+) -> Served:
+    """Mount the apps for ``config``'s mode on one FastAPI app, with the login throttle (default settings unless
+    ``throttle`` is given)."""
+    profile = config.profile
+    votes = votes or VoteStore(retention_days=profile.retention_days)
+    opts = launch_options(config)
+    common: dict[str, Any] = {
+        "ssr_mode": False,
+        "show_error": False,
+        "max_file_size": opts["max_file_size"],
+        "theme": opts["theme"],
+        "css_paths": opts["css_paths"],
+        "css": accent_css(profile),
+        "auth_message": f"<h2>{profile.title}</h2>Sign in to see the demo.",
+    }
+    app = FastAPI()
+    add_login_throttle(app, throttle or LoginThrottle())
+    if not config.audience_default:
+        builder = build_builder_app(engine, config, votes)
+        gr.mount_gradio_app(app, builder, "/", auth=config.auth, **common)
+        add_endpoint_guard(app, {"": builder})
+        return Served(app, None, builder, "/")
+    audience = build_audience_app(engine, config, votes)
+    builder = None
+    if config.builder_auth is not None:
+        builder = build_builder_app(engine, config, votes)
+        builder_common = {**common, "auth_message": f"<h2>{profile.title}</h2>Builder sign-in."}
+        gr.mount_gradio_app(app, builder, BUILDER_PATH, auth=config.builder_auth, **builder_common)
+    else:
+        log.info("Audience mode without DEMOFORGE_BUILDER_AUTH: the builder app is not served.")
+    # Mounted last: "/" would otherwise catch /builder too.
+    # No run history for visitors: the data notice promises conversations are not kept, in the browser either.
+    gr.mount_gradio_app(app, audience, "/", auth=config.auth, run_history=False, **common)
+    add_endpoint_guard(app, {"": audience, **({BUILDER_PATH: builder} if builder else {})})
+    return Served(app, audience, builder, BUILDER_PATH if builder else None)
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the main thread keeps its own (Ctrl+C)
+        pass
+
+
+@contextmanager
+def running(served: Served, host: str, port: int) -> Iterator[str]:
+    """Serve ``served`` on host:port in a thread; yields the base URL; stops on exit."""
+    server = _Server(uvicorn.Config(served.app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="demoforge-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"The web server did not start on {host}:{port} (is the port taken?).")
+        time.sleep(0.05)
+    try:
+        yield f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        for blocks in (served.audience, served.builder):
+            if blocks is not None:
+                blocks.close()
+
+
+def serve_forever(engine: Any, config: AppConfig) -> None:
+    """The app.py launch path: build, serve, print where, open a share tunnel when asked, block until Ctrl+C."""
+    served = build_server(engine, config)
+    with running(served, config.host, config.port) as url:
+        mode = "audience" if served.audience is not None else "builder"
+        print(f"DemoForge ({mode} mode) at {url}/", flush=True)
+        if served.audience is not None:
+            where = f"{url}{BUILDER_PATH}/" if served.builder else "not served (set DEMOFORGE_BUILDER_AUTH)"
+            print(f"Builder: {where}", flush=True)
+        if config.share:
+            from gradio import networking
+
+            blocks = served.audience or served.builder
+            try:
+                share = networking.setup_tunnel(config.host, config.port, blocks.share_token, None, None)
+                print(f"Public share link ({'audience' if served.audience else 'builder'} view): {share}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - offline or the share server refused: keep serving locally
+                print(f"No share link ({exc}); the app keeps serving at {url}/", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("Stopping.", flush=True)

@@ -1,0 +1,103 @@
+"""An audience visitor in headless Chromium: signs in, sees only the profile's tabs, votes blind in the arena and
+sees the names revealed; then the builder signs in at /builder and sees the vote in the win-rate table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.arena import VoteStore
+from core.auth import LoginThrottle
+from core.config import AppConfig, DemoProfile
+from core.engine import Engine
+from demo.server import build_server, running
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, free_port, isolated_home
+from tests.ui.test_roles import AUDIENCE, BUILDER, make_chat_adapter
+
+pytestmark = pytest.mark.e2e
+SHOTS = os.environ.get("DEMOFORGE_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def url(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium`.")
+    home = tmp_path_factory.mktemp("audience-e2e")
+    with isolated_home(home):
+        base = tiny_models["llama"]
+        make_chat_adapter(home / "adapters" / "tuned-a", base, 1)
+        profile = DemoProfile(
+            title="Acme arena demo",
+            audience_adapters=["tuned-a"],
+            default_adapter="tuned-a",
+            tabs=["chat", "classify"],
+            classify_labels=["good", "bad"],
+            classify_method="chat",
+            max_new_tokens=16,
+            accent_color="#d9480f",
+            data_notice="Conversations are not stored.",
+        )
+        config = AppConfig(model=str(base), auth=AUDIENCE, builder_auth=BUILDER, mode="audience", profile=profile)
+        served = build_server(Engine(config), config, VoteStore(home / "arena.sqlite"), LoginThrottle(base_delay_s=0))
+        with running(served, "127.0.0.1", free_port()) as base_url:
+            yield base_url
+
+
+def _sign_in(page, url: str, auth: tuple[str, str]) -> None:
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("input[type=password]", timeout=60_000)
+    page.locator("input[type=text]").first.fill(auth[0])
+    page.locator("input[type=password]").fill(auth[1])
+    page.get_by_role("button", name="Login").click()
+
+
+def test_audience_sees_only_allowed_tabs_votes_and_builder_sees_the_result(url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url, wait_until="load")
+            page.wait_for_selector("input[type=password]", timeout=60_000)
+            assert "Acme arena demo" in page.content()  # the profile's title on the login page
+            _sign_in(page, url, AUDIENCE)
+            page.wait_for_selector("#df-msg textarea", timeout=60_000)
+            tabs = [t.strip() for t in page.get_by_role("tab").all_inner_texts()]
+            assert tabs == ["Chat", "Arena", "Classify"], tabs
+            assert "Conversations are not stored." in page.locator("#df-data-notice").inner_text()
+            page.get_by_role("tab", name="Arena").click()
+            page.locator("#df-arena-prompt textarea").fill("w1 w2 good")
+            page.locator("#df-arena-ask").click()
+            page.wait_for_function(
+                "() => document.querySelector('#df-arena-status').innerText.includes('Which is better')",
+                timeout=60_000,
+            )
+            assert page.locator("#df-arena-a textarea").input_value().strip()
+            assert page.locator("#df-arena-b textarea").input_value().strip()
+            page.locator("#df-vote-a").click()
+            page.wait_for_function(
+                "() => document.querySelector('#df-arena-status').innerText.includes('A was')", timeout=30_000
+            )
+            reveal = page.locator("#df-arena-status").inner_text()
+            assert "base model" in reveal and "tuned-a" in reveal
+            if SHOTS:
+                page.screenshot(path=str(Path(SHOTS) / "screenshot-arena.png"), full_page=True)
+
+            builder = browser.new_page(viewport={"width": 1200, "height": 900})
+            _sign_in(builder, f"{url}/builder/", BUILDER)
+            builder.wait_for_selector("#df-present", timeout=60_000)
+            builder_tabs = [t.strip() for t in builder.get_by_role("tab").all_inner_texts()]
+            assert "Fine-tune" in builder_tabs and "Adapters" in builder_tabs
+            builder.locator("#df-present").get_by_text("Show it to others").click()
+            builder.locator("#df-arena-refresh").click()
+            builder.wait_for_function(
+                "() => document.querySelector('#df-arena-results').innerText.includes('base model vs tuned-a')",
+                timeout=30_000,
+            )
+        finally:
+            browser.close()

@@ -1,0 +1,261 @@
+"""The role boundary through a real server: audience at /, builder at /builder, each with its own sign-in.
+
+Every builder endpoint is called from an audience session, through gradio_client and raw HTTP, and must be refused;
+the audience's own endpoints stay inside the profile; failed sign-ins are throttled. Tiny Llama: seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from core.arena import VoteStore
+from core.auth import LoginThrottle
+from core.config import AppConfig, DemoProfile
+from core.engine import Engine
+from demo.server import build_server, running
+from tests.helpers import free_port, isolated_home
+
+pytestmark = pytest.mark.ui
+
+AUDIENCE = ("guest", "guest-pw")
+BUILDER = ("boss", "boss-pw")
+# What an audience may call: nothing else may exist on the audience app.
+AUDIENCE_ENDPOINTS = {
+    "respond",
+    "chat",
+    "load_example",
+    "classify",
+    "arena_ask",
+    "vote_a",
+    "vote_b",
+    "vote_tie",
+    "vote_both_bad",
+}
+AUDIENCE_MODULES = {"demo.audience", "demo.arena_tab", "demo.errors", "gradio.helpers"}  # helpers: gr.Examples
+
+
+def make_chat_adapter(folder: Path, base: Path, seed: int) -> None:
+    """A small random LoRA on the tiny Llama, saved like core.train saves one (weights + card)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(folder)
+    card = {"name": folder.name, "task": "sft", "base_model": str(base), "created": f"2026-01-0{seed}T00:00:00+00:00"}
+    (folder / "adapter_card.json").write_text(json.dumps(card), encoding="utf-8")
+
+
+def audience_profile() -> DemoProfile:
+    return DemoProfile(
+        title="Acme roles demo",
+        examples=["w1 w2 good"],
+        audience_adapters=["tuned-a"],
+        default_adapter="tuned-a",
+        tabs=["chat", "classify"],
+        classify_labels=["good", "bad"],
+        classify_method="chat",
+        max_new_tokens=24,
+    )
+
+
+@pytest.fixture(scope="module")
+def roles(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    home = tmp_path_factory.mktemp("roles-home")
+    with isolated_home(home):
+        base = tiny_models["llama"]
+        for i, name in enumerate(["tuned-a", "tuned-b"], start=1):
+            make_chat_adapter(home / "adapters" / name, base, i)
+        config = AppConfig(
+            model=str(base), auth=AUDIENCE, builder_auth=BUILDER, mode="audience", profile=audience_profile()
+        )
+        engine = Engine(config)
+        votes = VoteStore(home / "arena.sqlite")
+        # One deliberate wrong sign-in below must not lock the other tests (all from 127.0.0.1) out.
+        served = build_server(engine, config, votes, LoginThrottle(base_delay_s=0.0, max_failures=100))
+        with running(served, "127.0.0.1", free_port()) as url:
+            yield {"url": url, "served": served, "votes": votes}
+
+
+def builder_endpoints(served) -> dict[str, int]:
+    """api_name -> fn_index of every event of the builder app (documented or not)."""
+    deps = served.builder.config["dependencies"]
+    return {d["api_name"]: i for i, d in enumerate(deps) if d.get("api_name")}
+
+
+def signed_in(url: str, auth: tuple[str, str], prefix: str = "") -> httpx.Client:
+    http = httpx.Client(base_url=url, timeout=30)
+    r = http.post(f"{prefix}/login", data={"username": auth[0], "password": auth[1]})
+    assert r.status_code == 200, r.text
+    return http
+
+
+def test_audience_app_holds_only_audience_handlers(roles: dict) -> None:
+    fns = roles["served"].audience.fns.values()
+    names = {fn.api_name for fn in fns if fn.api_name}
+    assert names <= AUDIENCE_ENDPOINTS, names - AUDIENCE_ENDPOINTS
+    modules = {fn.fn.__module__ for fn in fns if fn.fn is not None}
+    assert modules <= AUDIENCE_MODULES, modules
+
+
+def test_every_builder_endpoint_is_unreachable_from_an_audience_session(roles: dict) -> None:
+    url, served = roles["url"], roles["served"]
+    builder_only = {n: i for n, i in builder_endpoints(served).items() if n not in AUDIENCE_ENDPOINTS}
+    for must in ("delete_adapter", "push_adapter", "start_training", "rename_adapter", "merge_adapter"):
+        assert any(must in n for n in builder_only), (must, sorted(builder_only))
+    client = Client(url, auth=AUDIENCE, verbose=False)
+    listed = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert not {f"/{n}" for n in builder_only} & listed
+    http = signed_in(url, AUDIENCE)
+    n_audience = len(served.audience.fns)
+    for name, index in builder_only.items():
+        with pytest.raises(ValueError, match="Cannot find"):
+            client.submit(api_name=f"/{name}")
+        r = http.post(f"/gradio_api/call/{name}", json={"data": []})
+        assert r.status_code == 404, (name, r.status_code, r.text)
+        assert "Only the demo's builder" in r.json()["detail"] and "sign in as builder" in r.json()["detail"]
+        # By position too: the builder's fn_index means nothing (or an audience handler) on the audience app.
+        join = http.post(
+            "/gradio_api/queue/join", json={"data": [], "fn_index": index, "session_hash": "x1", "event_data": None}
+        )
+        if index >= n_audience:
+            assert join.status_code == 404 and "sign in as builder" in join.text, (name, join.text)
+    # The builder app itself needs the builder's credentials: the audience password does not open it.
+    bad = httpx.post(f"{url}/builder/login", data={"username": AUDIENCE[0], "password": AUDIENCE[1]})
+    assert bad.status_code == 400
+    assert http.get("/builder/config").status_code == 401
+    for name in builder_only:
+        assert http.post(f"/builder/gradio_api/call/{name}", json={"data": []}).status_code == 401, name
+
+
+def test_builder_signs_in_at_builder_and_reaches_builder_endpoints(roles: dict) -> None:
+    client = Client(f"{roles['url']}/builder/", auth=BUILDER, verbose=False)
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/arena_results" in named and any("delete" in n for n in named)
+
+
+def test_audience_chat_streams_with_the_profile_adapter(roles: dict) -> None:
+    client = Client(roles["url"], auth=AUDIENCE, verbose=False)
+    answer = client.predict("w1 w2 good", "tuned-a", api_name="/chat")
+    assert isinstance(answer, str) and answer.strip()
+
+
+def test_audience_may_not_switch_to_an_adapter_the_profile_does_not_name(roles: dict) -> None:
+    client = Client(roles["url"], auth=AUDIENCE, verbose=False)
+    for other in ("tuned-b", "base model", "../etc"):
+        with pytest.raises(AppError, match="Only the demo's builder can switch .* sign in as builder"):
+            client.predict("w1 good", other, api_name="/chat")
+
+
+def test_audience_classify_uses_the_profile_labels(roles: dict) -> None:
+    client = Client(roles["url"], auth=AUDIENCE, verbose=False)
+    result = client.predict("the movie was good", api_name="/classify")
+    assert {c["label"] for c in result["confidences"]} == {"good", "bad"}
+
+
+def test_arena_round_vote_reveal_and_builder_results(roles: dict) -> None:
+    client = Client(roles["url"], auth=AUDIENCE, verbose=False)
+    with pytest.raises(AppError, match="no open round"):
+        client.predict(api_name="/vote_a")
+    before = roles["votes"].count()
+    a, b, status = client.predict("w3 w4 good", api_name="/arena_ask")
+    assert a.strip() and b.strip() and "Vote" in status
+    reveal = client.predict(api_name="/vote_a")
+    assert "A was **" in reveal and "B was **" in reveal
+    assert {"base model", "tuned-a"} == {part.split("**")[0] for part in reveal.split("was **")[1:]}
+    with pytest.raises(AppError, match="no open round"):  # one vote per round
+        client.predict(api_name="/vote_b")
+    assert roles["votes"].count() == before + 1
+    builder = Client(f"{roles['url']}/builder/", auth=BUILDER, verbose=False)
+    table = builder.predict(api_name="/arena_results")
+    rows = table["data"]
+    assert rows[0][0] == "base model vs tuned-a" and rows[0][1] >= 1
+
+
+def test_votes_survive_a_server_restart(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with isolated_home(tmp_path):
+        make_chat_adapter(tmp_path / "adapters" / "tuned-a", tiny_models["llama"], 1)
+        config = AppConfig(
+            model=str(tiny_models["llama"]), builder_auth=BUILDER, mode="audience", profile=audience_profile()
+        )
+        engine = Engine(config)
+        for expected in (2, 4):  # two votes per server life; the second life sees all four
+            with running(build_server(engine, config), "127.0.0.1", free_port()) as url:
+                client = Client(url, verbose=False)
+                for verdict in ("/vote_a", "/vote_tie"):
+                    client.predict("w1 good", api_name="/arena_ask")
+                    client.predict(api_name=verdict)
+                rows = Client(f"{url}/builder/", auth=BUILDER, verbose=False).predict(api_name="/arena_results")
+                assert rows["data"][0][1] == expected
+        assert VoteStore().count() == 4  # the home's arena.sqlite
+
+
+def test_builder_mode_serves_the_builder_app_at_the_root(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with isolated_home(tmp_path):
+        config = AppConfig(model=str(tiny_models["llama"]), mode="builder")
+        served = build_server(Engine(config), config)
+        assert served.audience is None and served.builder_path == "/"
+        with running(served, "127.0.0.1", free_port()) as url:
+            named = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+            assert "/arena_results" in named and "/save_profile" in named
+
+
+def test_builder_saves_the_current_settings_as_a_profile(roles: dict) -> None:
+    builder = Client(f"{roles['url']}/builder/", auth=BUILDER, verbose=False)
+    args = ["Acme saved", "desc", "Be brief.", "w1 good\nw2 bad", ["tuned-b"], "tuned-b", ["chat"], "", True]
+    msg = builder.predict("saved-demo", *args, "", 14, False, api_name="/save_profile")
+    assert "saved-demo.yaml" in msg
+    saved = DemoProfile.load("saved-demo")
+    assert saved.audience_adapters == ["tuned-b"] and saved.default_adapter == "tuned-b"
+    assert saved.examples == ["w1 good", "w2 bad"] and saved.retention_days == 14
+    with pytest.raises(AppError, match="default_adapter='tuned-a' is not in audience_adapters"):
+        builder.predict("bad", *args[:5], "tuned-a", *args[6:], "", 14, False, api_name="/save_profile")
+
+
+def test_builder_makes_a_run_card_for_an_adapter(roles: dict) -> None:
+    builder = Client(f"{roles['url']}/builder/", auth=BUILDER, verbose=False)
+    path = builder.predict("tuned-a", api_name="/run_card")
+    html = Path(path).read_text(encoding="utf-8")
+    assert html.startswith("<!doctype html>") and "tuned-a" in html and "<script" not in html
+    audience = Client(roles["url"], auth=AUDIENCE, verbose=False)
+    with pytest.raises(ValueError, match="Cannot find"):
+        audience.submit("tuned-a", api_name="/run_card")
+
+
+def test_failed_sign_ins_are_throttled_per_client(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with isolated_home(tmp_path):
+        config = AppConfig(
+            model=str(tiny_models["llama"]), auth=AUDIENCE, mode="audience", profile=DemoProfile(max_new_tokens=24)
+        )
+        served = build_server(Engine(config), config, VoteStore(tmp_path / "v.sqlite"))
+        with running(served, "127.0.0.1", free_port()) as url:
+            page = httpx.get(f"{url}/config")
+            assert page.status_code == 401
+            codes = [
+                httpx.post(f"{url}/login", data={"username": "guest", "password": f"wrong{i}"}).status_code
+                for i in range(30)
+            ]
+            assert codes[0] == 400 and 429 in codes, codes
+            assert codes.count(400) <= 5, codes  # later attempts are not even checked
+            right = httpx.post(f"{url}/login", data={"username": AUDIENCE[0], "password": AUDIENCE[1]})
+            assert right.status_code == 429 and "Too many failed sign-ins" in right.json()["detail"]
+            # The login page carries the profile's title.
+            assert "DemoForge" in json.dumps(httpx.get(f"{url}/config").json())
+
+
+def test_share_or_space_makes_audience_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert not AppConfig().audience_default
+    assert AppConfig(share=True, auth=AUDIENCE).audience_default
+    assert not AppConfig(share=True, auth=AUDIENCE, mode="builder").audience_default
+    monkeypatch.setenv("SPACE_ID", "acme/demo")
+    assert AppConfig().audience_default
