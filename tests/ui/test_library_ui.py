@@ -7,6 +7,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -65,3 +66,23 @@ def test_merge_reports_without_a_server_path_and_push_needs_a_token(client: Clie
         client.predict("alpha", "me/alpha", "", False, api_name="/push_adapter")
     with pytest.raises(AppError, match="No adapter named 'nope'"):
         client.predict("nope", api_name="/download_adapter")
+
+
+def test_gradio_temp_files_are_swept_when_the_server_stops(
+    tiny_models: dict[str, Path], demoforge_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    make_adapter(tiny_models["llama"], "alpha", 1)
+    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32")
+    upload = tmp_path / "rows.csv"
+    upload.write_text("text,label\ngood movie,pos\nbad movie,neg\n")
+    with serve(Engine(config), config) as url:
+        client = Client(url, verbose=False)
+        client.predict("alpha", api_name="/download_adapter")
+        with upload.open("rb") as fh:  # what the browser does with a file input
+            uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("rows.csv", fh)}).json()
+        assert Path(uploaded[0]).is_relative_to(cache)
+        kept = [p for p in cache.rglob("*") if p.is_file()]
+        assert {p.suffix for p in kept} >= {".zip", ".csv"}, kept  # the download and the upload sit in the cache
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # delete_cache sweeps them when the server stops
