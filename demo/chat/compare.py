@@ -106,15 +106,22 @@ def build_compare(engine: Engine) -> Compare:
             first = gr.Dropdown(
                 choices=choices, label=SLOT_LABELS[0], scale=2, allow_custom_value=True, elem_id="df-compare-a"
             )
+            # B starts empty: comparing the newest adapter with itself says nothing.
             second = gr.Dropdown(
-                choices=choices, label=SLOT_LABELS[1], scale=2, allow_custom_value=True, elem_id="df-compare-b"
+                choices=choices,
+                value=None,
+                label=SLOT_LABELS[1],
+                scale=2,
+                allow_custom_value=True,
+                elem_id="df-compare-b",
             )
         with gr.Row():
             run = gr.Button("Compare", variant="primary", elem_id="df-compare-run")
             stop = gr.Button("Stop comparing", variant="stop", elem_id="df-compare-stop")
         answers, stats = [], []
         with gr.Row(equal_height=True):
-            for key, label in (("base", BASE_LABEL), ("a", "Adapter A"), ("b", "Adapter B")):
+            first_label = column_label(choices[0] if choices else None, 1)  # A starts on the newest adapter
+            for key, label in (("base", BASE_LABEL), ("a", first_label), ("b", column_label(None, 2))):
                 with gr.Column(min_width=200):
                     answers.append(gr.Textbox(label=label, lines=8, interactive=False, elem_id=f"df-compare-out-{key}"))
                     stats.append(gr.Markdown("", elem_id=f"df-compare-stats-{key}", elem_classes="df-stats"))
