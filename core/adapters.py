@@ -128,6 +128,11 @@ def rename(old: str, new: str, root: Path | None = None) -> AdapterInfo:
     info.path.rename(target)
     card = {**info.card, "name": target.name}
     store.atomic_write_json(target / CARD, card)
+    readme = target / "README.md"
+    if readme.is_file():  # the card's heading is the name (shown in the library and zipped with the adapter)
+        text = readme.read_text(encoding="utf-8")
+        if text.startswith(f"# {info.name}\n"):
+            readme.write_text(f"# {target.name}\n" + text[len(f"# {info.name}\n") :], encoding="utf-8")
     return read(target)
 
 

@@ -1,48 +1,138 @@
-"""The adapter library: every finished adapter with its card; use, rename, delete, download, merge, push."""
+"""The adapter library: every finished adapter with its card; use, rename, delete, download, merge, push.
+
+Every action goes through ``engine.library``. Actions draw no progress overlay on their outputs
+(``show_progress="hidden"``): a refusal is a toast and a status line, so a failed delete never leaves red badges
+over the table after a later success. A rename or delete returns what changed (:class:`LibraryChange`), and
+``demo.build_app`` chains the refresh of every adapter picker after it (never before: see ``wire_pickers``).
+"""
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from core import adapters
-from core.adapters import AdapterError
 from core.engine import Engine
-from core.export import ExportError, merge, push
-from demo.errors import user_error
+from demo.errors import shows_errors
 
 COLUMNS = ["name", "task", "base model", "metrics", "created"]
 
 
-def library_frame() -> pd.DataFrame:
+@dataclass(frozen=True)
+class LibraryChange:
+    """What the last rename or delete did, for the pickers of the other tabs."""
+
+    old: str
+    new: str | None = None
+    """The new name; None when the adapter was deleted."""
+
+
+@dataclass
+class LibraryTab:
+    """The Adapters tab's components."""
+
+    table: gr.Dataframe
+    pick: gr.Dropdown
+    refresh: gr.Button
+    card: gr.Markdown
+    use_chat: gr.Button
+    use_classify: gr.Button
+    download: gr.Button
+    merge: gr.Button
+    zip: gr.File
+    new_name: gr.Textbox
+    rename: gr.Button
+    confirm: gr.Textbox
+    delete: gr.Button
+    repo: gr.Textbox
+    token: gr.Textbox
+    merged: gr.Checkbox
+    push: gr.Button
+    status: gr.Markdown
+    change: gr.State
+    """The last :class:`LibraryChange` of this page (None before any)."""
+    changed: tuple[Any, ...] = ()
+    """The rename and delete events, for ``demo.build_app`` to chain the pickers' refresh after them."""
+
+
+# --- handlers ---------------------------------------------------------------------------------------------------------
+
+
+def library_frame(engine: Engine) -> pd.DataFrame:
     """The library as a table, newest first."""
     rows = []
-    for a in adapters.list_adapters():
+    for a in engine.library.list():
         m = a.metrics
         shown = ", ".join(f"{k} {m[k]:.3f}" for k in ("eval_loss", "accuracy", "macro_f1") if m.get(k) is not None)
         rows.append([a.name, a.task, a.base_model, shown or f"{m.get('steps', '?')} steps", a.created])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def names() -> list[str]:
-    return [a.name for a in adapters.list_adapters()]
-
-
-def library_update(selected: str | None = None) -> tuple[pd.DataFrame, dict]:
-    """Fresh table and dropdown (keeping ``selected`` when it still exists)."""
-    choices = names()
+def library_update(engine: Engine, selected: str | None = None) -> tuple[pd.DataFrame, Any]:
+    """Fresh table and picker (keeping ``selected`` when it still exists)."""
+    choices = [a.name for a in engine.library.list()]
     value = selected if selected in choices else (choices[0] if choices else None)
-    return library_frame(), gr.update(choices=choices, value=value)
+    return library_frame(engine), gr.update(choices=choices, value=value)
 
 
-def build_library_tab(engine: Engine) -> dict[str, gr.components.Component]:
-    """Build the adapter library inside the current Blocks context; returns its components."""
-    table = gr.Dataframe(
-        value=library_frame(), headers=COLUMNS, interactive=False, label="Adapters", elem_id="df-lib-table"
-    )
+@shows_errors("reading the adapter card")
+def show_card(engine: Engine, name: str | None) -> str:
+    """The picked adapter's card (Markdown)."""
+    if not name:
+        return "No adapter selected. Train one in the Fine-tune tab."
+    return engine.library.card_markdown(name)
+
+
+@shows_errors("renaming the adapter")
+def rename_adapter(engine: Engine, name: str | None, new: str) -> tuple[pd.DataFrame, Any, str, LibraryChange]:
+    """/rename_adapter: rename ``name`` to ``new``; returns table, picker, status (and the change)."""
+    info = engine.library.rename(name or "", new or "")
+    frame, pick = library_update(engine, info.name)
+    return frame, pick, f"Renamed **{name}** to **{info.name}**.", LibraryChange(name or "", info.name)
+
+
+@shows_errors("deleting the adapter")
+def delete_adapter(engine: Engine, name: str | None, typed: str) -> tuple[pd.DataFrame, Any, str, str, LibraryChange]:
+    """/delete_adapter: delete ``name`` when ``typed`` repeats it; returns table, picker, status, confirm box."""
+    engine.library.delete(name or "", typed or "")
+    frame, pick = library_update(engine)
+    return frame, pick, f"Deleted **{name}**.", "", LibraryChange(name or "")
+
+
+@shows_errors("zipping the adapter")
+def download_adapter(engine: Engine, name: str | None) -> str:
+    """/download_adapter: a zip of the adapter folder."""
+    return str(engine.library.zip(name or ""))
+
+
+@shows_errors("merging the adapter")
+def merge_adapter(engine: Engine, name: str | None) -> str:
+    """/merge_adapter: merge into a copy of its base, saved as safetensors."""
+    path = engine.library.merge(name or "")
+    return f"Merged **{name}** into its base: `{path.name}` (safetensors; load it with `from_pretrained`)."
+
+
+@shows_errors("pushing to the Hub")
+def push_adapter(engine: Engine, name: str | None, repo_id: str, token: str, merged: bool) -> str:
+    """/push_adapter: upload the adapter (or the merged model) to the Hub."""
+    url = engine.library.push(name or "", (repo_id or "").strip(), token or "", merged=bool(merged))
+    return f"Pushed to [{url}]({url})."
+
+
+# --- layout and wiring ------------------------------------------------------------------------------------------------
+
+
+def build_library_tab(engine: Engine) -> LibraryTab:
+    """Build the adapter library inside the current Blocks context and wire its own events."""
+    frame, _ = library_update(engine)
+    table = gr.Dataframe(value=frame, headers=COLUMNS, interactive=False, label="Adapters", elem_id="df-lib-table")
     with gr.Row():
-        pick = gr.Dropdown(choices=names(), label="Adapter", scale=3, allow_custom_value=True, elem_id="df-lib-pick")
-        refresh = gr.Button("⟳ Refresh", scale=1, elem_id="df-lib-refresh")
+        names = list(frame["name"])
+        pick = gr.Dropdown(choices=names, label="Adapter", scale=3, allow_custom_value=True, elem_id="df-lib-pick")
+        refresh = gr.Button("Refresh", scale=1, elem_id="df-lib-refresh")
     card = gr.Markdown("", elem_id="df-lib-card")
     with gr.Row():
         use_chat = gr.Button("Use in Chat", variant="primary", elem_id="df-lib-use-chat")
@@ -52,10 +142,10 @@ def build_library_tab(engine: Engine) -> dict[str, gr.components.Component]:
     zip_file = gr.File(label="Download", interactive=False, elem_id="df-lib-zip")
     with gr.Accordion("Rename or delete", open=False):
         with gr.Row():
-            new_name = gr.Textbox(label="New name", scale=3)
+            new_name = gr.Textbox(label="New name", scale=3, elem_id="df-lib-new-name")
             rename_btn = gr.Button("Rename", scale=1, elem_id="df-lib-rename")
         with gr.Row():
-            confirm = gr.Textbox(label="Type the adapter's name to confirm deletion", scale=3)
+            confirm = gr.Textbox(label="Type the adapter's name to confirm deletion", scale=3, elem_id="df-lib-confirm")
             delete_btn = gr.Button("Delete", variant="stop", scale=1, elem_id="df-lib-delete")
     with gr.Accordion("Push to the Hugging Face Hub", open=False):
         with gr.Row():
@@ -64,81 +154,45 @@ def build_library_tab(engine: Engine) -> dict[str, gr.components.Component]:
             merged = gr.Checkbox(label="Push the merged model instead of the adapter", value=False)
         push_btn = gr.Button("Push", elem_id="df-lib-push")
     status = gr.Markdown("", elem_id="df-lib-status")
+    tab = LibraryTab(
+        table, pick, refresh, card, use_chat, use_classify, download, merge_btn, zip_file, new_name, rename_btn,
+        confirm, delete_btn, repo, token, merged, push_btn, status, gr.State(None),
+    )  # fmt: skip
+    tab.changed = wire_library(engine, tab)
+    return tab
 
-    def show_card(name: str | None) -> str:
-        if not name:
-            return "No adapter selected. Train one in the Fine-tune tab."
-        try:
-            info = adapters.get(name)
-        except AdapterError as exc:
-            return str(exc)
-        readme = info.path / "README.md"
-        return readme.read_text(encoding="utf-8") if readme.is_file() else info.summary()
 
-    def do_rename(name: str | None, new: str):
-        try:
-            info = adapters.rename(name or "", new)
-            engine.forget_adapter(name or "")
-        except (AdapterError, ValueError) as exc:
-            raise gr.Error(str(exc), duration=8) from exc
-        frame, pick_update = library_update(info.name)
-        return frame, pick_update, f"Renamed **{name}** to **{info.name}**."
-
-    def do_delete(name: str | None, typed: str):
-        try:
-            adapters.delete(name or "", typed)
-            engine.forget_adapter(name or "")
-        except (AdapterError, ValueError) as exc:
-            raise gr.Error(str(exc), duration=8) from exc
-        frame, pick_update = library_update()
-        return frame, pick_update, f"Deleted **{name}**.", ""
-
-    def do_zip(name: str | None) -> str:
-        try:
-            return str(adapters.zip_adapter(name or ""))
-        except (AdapterError, ValueError) as exc:
-            raise gr.Error(str(exc), duration=8) from exc
-
-    def do_merge(name: str | None) -> str:
-        try:
-            path = merge(name or "")
-        except (AdapterError, ExportError, ValueError) as exc:
-            raise gr.Error(str(exc), duration=8) from exc
-        except Exception as exc:
-            raise user_error(exc, "merging the adapter") from exc
-        return f"Merged **{name}** into its base: `{path}` (safetensors; load it with `from_pretrained`)."
-
-    def do_push(name: str | None, repo_id: str, hf_token: str, whole: bool) -> str:
-        try:
-            url = push(name or "", repo_id.strip(), hf_token, merged=whole)
-        except (AdapterError, ExportError, ValueError) as exc:
-            raise gr.Error(str(exc), duration=10) from exc
-        return f"Pushed to [{url}]({url})."
-
-    private = {"api_visibility": "private"}
-    refresh.click(library_update, [pick], [table, pick], queue=False, **private).then(
-        show_card, [pick], [card], **private
+def wire_library(engine: Engine, tab: LibraryTab) -> tuple[Any, Any]:
+    """The library's own events and endpoints; returns the rename and delete events (the cross-tab refresh is
+    chained after them in ``demo.build_app``)."""
+    quiet: dict[str, Any] = {"show_progress": "hidden"}
+    private: dict[str, Any] = {"api_visibility": "private", **quiet}
+    e = functools.partial
+    tab.refresh.click(e(library_update, engine), [tab.pick], [tab.table, tab.pick], queue=False, **private).then(
+        e(show_card, engine), [tab.pick], [tab.card], **private
     )
-    pick.change(show_card, [pick], [card], queue=False, **private)
-    rename_btn.click(do_rename, [pick, new_name], [table, pick, status], api_name="rename_adapter")
-    delete_btn.click(do_delete, [pick, confirm], [table, pick, status, confirm], api_name="delete_adapter")
-    download.click(do_zip, [pick], [zip_file], api_name="download_adapter")
-    merge_btn.click(do_merge, [pick], [status], api_name="merge_adapter", concurrency_id="model")
-    push_btn.click(do_push, [pick, repo, token, merged], [status], api_name="push_adapter")
-    return {
-        "table": table,
-        "pick": pick,
-        "refresh": refresh,
-        "card": card,
-        "use_chat": use_chat,
-        "use_classify": use_classify,
-        "download": download,
-        "zip": zip_file,
-        "merge": merge_btn,
-        "rename": rename_btn,
-        "new_name": new_name,
-        "delete": delete_btn,
-        "confirm": confirm,
-        "push": push_btn,
-        "status": status,
-    }
+    tab.pick.change(e(show_card, engine), [tab.pick], [tab.card], queue=False, **private)
+    listed = [tab.table, tab.pick, tab.status]
+    renamed = tab.rename.click(
+        e(rename_adapter, engine), [tab.pick, tab.new_name], [*listed, tab.change], api_name="rename_adapter", **quiet
+    )
+    deleted = tab.delete.click(
+        e(delete_adapter, engine),
+        [tab.pick, tab.confirm],
+        [*listed, tab.confirm, tab.change],
+        api_name="delete_adapter",
+        **quiet,
+    )
+    tab.download.click(e(download_adapter, engine), [tab.pick], [tab.zip], api_name="download_adapter", **quiet)
+    tab.merge.click(
+        e(merge_adapter, engine),
+        [tab.pick],
+        [tab.status],
+        api_name="merge_adapter",
+        concurrency_id="model",
+        show_progress="minimal",
+    )
+    tab.push.click(
+        e(push_adapter, engine), [tab.pick, tab.repo, tab.token, tab.merged], [tab.status], api_name="push_adapter"
+    )
+    return renamed, deleted

@@ -8,39 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from core import adapters
 from core.adapters import AdapterError
 from core.config import AppConfig, GenerationSettings
 from core.engine import Engine
 from core.export import ExportError, merge, push
-
-
-def _make_adapter(base: Path, name: str, seed: int, task: str = "sft", base_spec: str | None = None) -> Path:
-    """A LoRA adapter with random (non-zero) B weights, saved with a card the way core.train saves one."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    folder = adapters.adapters_dir() / name
-    peft_model.save_pretrained(folder)
-    (folder / "adapter_card.json").write_text(
-        json.dumps(
-            {
-                "name": name,
-                "task": task,
-                "base_model": base_spec or str(base),
-                "base_model_path": str(base),
-                "labels": None,
-                "metrics": {"eval_loss": 1.5, "steps": 10},
-                "created": f"2026-11-29T10:00:0{seed}+00:00",
-            }
-        )
-    )
-    (folder / "README.md").write_text(f"# {name}\n")
-    return folder
+from tests.lora import make_adapter as _make_adapter
 
 
 @pytest.fixture
@@ -75,6 +49,7 @@ def test_rename_delete_needs_confirmation_and_zip(library: dict, tmp_path: Path)
     renamed = adapters.rename("alpha", "alpha v2/../x")
     assert renamed.name == "alpha-v2-..-x" or renamed.name.startswith("alpha-v2")
     assert json.loads((renamed.path / "adapter_card.json").read_text())["name"] == renamed.name
+    assert (renamed.path / "README.md").read_text().startswith(f"# {renamed.name}\n")  # the card's heading too
     with pytest.raises(AdapterError, match="already exists"):
         adapters.rename(renamed.name, "beta")
     with pytest.raises(AdapterError, match="type its name exactly"):
@@ -132,3 +107,19 @@ def test_push_without_token_or_offline_is_a_clear_error(library: dict, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ExportError, match="offline|reach"):
         push("alpha", "me/alpha", "hf_x")
+
+
+def test_the_engines_library_renames_and_deletes_without_leaving_a_stale_name(library: dict) -> None:
+    engine = Engine(AppConfig(model=str(library["base"]), device="cpu", dtype="float32"))
+    with_a, with_b = _greedy(engine, "alpha"), _greedy(engine, "beta")  # both loaded onto the base
+    info = engine.library.rename("alpha", "gamma")
+    assert info.name == "gamma" and engine.library.card_markdown("gamma").startswith("# gamma\n")
+    assert _greedy(engine, "gamma") == with_a  # the same weights under the new name
+    with pytest.raises(AdapterError, match="No adapter named 'alpha'"):
+        _greedy(engine, "alpha")
+    assert [a.name for a in engine.chat_adapters()] == ["beta", "gamma"]
+    engine.library.delete("beta", "beta")
+    with pytest.raises(AdapterError, match="No adapter named 'beta'"):
+        engine.switch_adapter("beta")
+    assert _greedy(engine, "gamma") == with_a and with_a != with_b
+    assert [a.name for a in engine.library.list()] == ["gamma"]

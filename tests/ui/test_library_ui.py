@@ -1,0 +1,88 @@
+"""The Adapters tab's endpoints through a real server and gradio_client, on the tiny Llama with real LoRA adapters:
+a renamed adapter keeps chatting under its new name, refusals are clear, nothing leaks a server path."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from core.config import AppConfig
+from core.engine import Engine
+from tests.helpers import serve
+from tests.lora import make_adapter
+
+pytestmark = pytest.mark.ui
+
+
+@pytest.fixture
+def client(tiny_models: dict[str, Path], demoforge_home: Path) -> Iterator[Client]:
+    """The app on the tiny Llama, with adapters 'alpha' and 'beta' in a fresh home."""
+    base = tiny_models["llama"]
+    make_adapter(base, "alpha", 1)
+    make_adapter(base, "beta", 2)
+    config = AppConfig(model=str(base), device="cpu", dtype="float32")
+    with serve(Engine(config), config) as url:
+        yield Client(url, verbose=False)
+
+
+def _chat(client: Client, adapter: str) -> str:
+    return client.predict("good movie", None, "", 0.0, 0.9, 50, 8, 1.0, -1, adapter, api_name="/chat")
+
+
+def test_a_renamed_adapter_answers_under_its_new_name_and_the_old_one_is_gone(client: Client) -> None:
+    before = _chat(client, "alpha")  # loads alpha onto the base
+    table, pick, status = client.predict("alpha", "gamma", api_name="/rename_adapter")
+    assert status == "Renamed **alpha** to **gamma**."
+    assert pick["value"] == "gamma" and sorted(r[0] for r in table["data"]) == ["beta", "gamma"]
+    assert _chat(client, "gamma") == before  # same weights, new name: greedy output unchanged
+    with pytest.raises(AppError, match="No adapter named 'alpha'"):
+        _chat(client, "alpha")
+    with pytest.raises(AppError, match="already exists"):
+        client.predict("gamma", "beta", api_name="/rename_adapter")
+
+
+def test_delete_needs_the_name_typed_and_then_the_adapter_is_gone(client: Client, demoforge_home: Path) -> None:
+    with pytest.raises(AppError, match="type its name exactly"):
+        client.predict("beta", "bet", api_name="/delete_adapter")
+    zipped = client.predict("beta", api_name="/download_adapter")
+    assert "beta/adapter_model.safetensors" in zipfile.ZipFile(zipped).namelist()
+    table, pick, status, confirm = client.predict("beta", "beta", api_name="/delete_adapter")
+    assert status == "Deleted **beta**." and confirm == "" and pick["value"] == "alpha"
+    assert [r[0] for r in table["data"]] == ["alpha"]
+    with pytest.raises(AppError, match="No adapter named 'beta'"):
+        _chat(client, "beta")
+
+
+def test_merge_reports_without_a_server_path_and_push_needs_a_token(client: Client, demoforge_home: Path) -> None:
+    status = client.predict("alpha", api_name="/merge_adapter")
+    assert status.startswith("Merged **alpha**") and str(demoforge_home) not in status
+    with pytest.raises(AppError, match="token"):
+        client.predict("alpha", "me/alpha", "", False, api_name="/push_adapter")
+    with pytest.raises(AppError, match="No adapter named 'nope'"):
+        client.predict("nope", api_name="/download_adapter")
+
+
+def test_gradio_temp_files_are_swept_when_the_server_stops(
+    tiny_models: dict[str, Path], demoforge_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    make_adapter(tiny_models["llama"], "alpha", 1)
+    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32")
+    upload = tmp_path / "rows.csv"
+    upload.write_text("text,label\ngood movie,pos\nbad movie,neg\n")
+    with serve(Engine(config), config) as url:
+        client = Client(url, verbose=False)
+        client.predict("alpha", api_name="/download_adapter")
+        with upload.open("rb") as fh:  # what the browser does with a file input
+            uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("rows.csv", fh)}).json()
+        assert Path(uploaded[0]).is_relative_to(cache)
+        kept = [p for p in cache.rglob("*") if p.is_file()]
+        assert {p.suffix for p in kept} >= {".zip", ".csv"}, kept  # the download and the upload sit in the cache
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # delete_cache sweeps them when the server stops
