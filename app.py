@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from core.config import AppConfig, ConfigError, DemoProfile, parse_auth
-from core.models import ModelError
+from core.errors import ModelError  # no torch here: a typo in a flag fails in a fraction of a second
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -76,3 +76,13 @@ def test_ruff_is_clean(args: list[str]) -> None:
         pytest.skip("ruff is not installed (pip install -r requirements-dev.txt); the style check did not run")
     res = subprocess.run([*ruff, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, f"ruff {' '.join(args)} failed:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
+
+
+def test_app_parses_flags_without_loading_torch() -> None:
+    """`python app.py --bad-flag` must fail fast: app.py imports no torch, transformers or gradio before parsing."""
+    import subprocess
+    import sys
+
+    code = "import sys, app; print(sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
