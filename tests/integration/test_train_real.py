@@ -55,12 +55,12 @@ def _answer_nll(model, tokenizer, question: str) -> float:
     import torch
 
     from core.data import tokenize as T
-    from core.train import loop as tl
+    from core.train import batches as B
 
     ex = T.tokenize_chat(tokenizer, [{"role": "user", "content": question}, {"role": "assistant", "content": FACT_A}])
-    batch = tl.collate_sft([{"input_ids": ex.input_ids, "labels": ex.labels}], tokenizer.pad_token_id or 0)
+    batch = B.collate_sft([{"input_ids": ex.input_ids, "labels": ex.labels}], tokenizer.pad_token_id or 0)
     with torch.no_grad():
-        total, n = tl.sft_loss_sum(model.eval(), batch)
+        total, n = B.sft_loss_sum(model.eval(), batch)
     return float(total) / n
 
 
@@ -69,7 +69,7 @@ def test_sft_smollm2_learns_a_made_up_fact(chat_base: str, tmp_path: Path, monke
     from transformers import AutoModelForCausalLM
 
     from core.config import LoraSettings, TrainConfig
-    from core.train import loop as tl
+    from core.train import model as M
     from core.train import runner as train
 
     monkeypatch.setenv("DEMOFORGE_HOME", str(tmp_path / "home"))
@@ -91,7 +91,7 @@ def test_sft_smollm2_learns_a_made_up_fact(chat_base: str, tmp_path: Path, monke
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
 
-    tokenizer = tl.load_tokenizer(chat_base)
+    tokenizer = M.load_tokenizer(chat_base)
     held_out = "Hey, what is the motto of Zorbly Corp?"  # a phrasing not in the training set
     base = AutoModelForCausalLM.from_pretrained(chat_base)
     before = _answer_nll(base, tokenizer, held_out)
