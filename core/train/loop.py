@@ -33,7 +33,7 @@ from core.train.batches import (
 from core.train.checkpoint import Position, save_best, save_checkpoint
 from core.train.evaluate import best_key, evaluate, is_better
 from core.train.events import EventLog, StopFlag
-from core.train.plan import Costs, remaining_s, replan
+from core.train.plan import Costs, eval_interval, remaining_s, replan
 
 
 @dataclass
@@ -64,6 +64,8 @@ class RunContext:
     """The time budget in seconds while it may re-plan the total (None: no budget, or a resumed run)."""
     cap_steps: int = 0
     """The steps epochs/max_steps ask for: a re-plan never goes beyond them."""
+    evals: int | None = None
+    """Evaluations a time budget spread over the run; a re-plan keeps their number (None: a fixed interval)."""
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_eval_step: int | None = None
     last_loss: float | None = None
@@ -251,14 +253,12 @@ def _replan(ctx: RunContext, elapsed: float) -> None:
     """Move the total (and the schedule's end with it) when the steps run slower or faster than planned."""
     pos = ctx.pos
     assert ctx.budget_s is not None
-    every, budget_s = pos.eval_every, ctx.budget_s
-    new = replan(
-        pos.total_steps, pos.step, elapsed, budget_s, ctx.costs, every, ctx.cap_steps, ctx.cfg.checkpoint_every
-    )
+    every, budget_s, ckpt = pos.eval_every, ctx.budget_s, ctx.cfg.checkpoint_every
+    new = replan(pos.total_steps, pos.step, elapsed, budget_s, ctx.costs, every, ctx.cap_steps, ckpt, ctx.evals)
     if new is None:
         return
     ctx.events.emit("plan", step=pos.step, total_steps=new, previous_total=pos.total_steps, step_s=ctx.costs.step_s)
-    pos.total_steps = new
+    pos.total_steps, pos.eval_every = new, eval_interval(new, ctx.evals, pos.eval_every)
     pos.budget_limited = new < ctx.cap_steps
     ctx.scheduler.lr_lambdas[0].retarget(pos.step, new)
     # the next step's learning rate on the new schedule (step() evaluates the lambda at last_epoch + 1); it only

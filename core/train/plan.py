@@ -105,6 +105,9 @@ class BudgetPlan:
     total_steps: int
     eval_every: int | None
     """Steps between evaluations (None: no eval split); the final evaluation always runs."""
+    evals: int | None
+    """Evaluations the interval was spread for (final included), so a re-plan keeps their number (None: the
+    config's fixed interval, or no eval split)."""
     eval_rows: int | None
     """Eval rows to keep so evaluations fit their share of the budget (None: all)."""
     eval_s: float
@@ -188,7 +191,8 @@ def plan_budget(
         )
         if total >= need:
             every = _interval(total, n_evals, eval_every, eval_rows)
-            return BudgetPlan(total, every, keep, eval_s, budget_limited=total < cap_steps)
+            spread = n_evals if eval_rows and not eval_every else None
+            return BudgetPlan(total, every, spread, keep, eval_s, budget_limited=total < cap_steps)
     final_only = need if eval_rows else None  # an interval as long as the run: just the final evaluation
     minimum_s = (elapsed_s + remaining_s(need, 0, planned, final_only, checkpoint_every)) / TARGET_SHARE
     minutes = math.ceil(minimum_s / 6) / 10  # rounded up to 0.1 min
@@ -211,17 +215,29 @@ def replan(
     eval_every: int | None,
     cap_steps: int,
     checkpoint_every: int | None = None,
+    evals: int | None = None,
 ) -> int | None:
     """A new total when the run, at ``step`` after ``elapsed_s``, would miss its budget's target; else None.
+
+    With ``evals`` (the plan's :attr:`BudgetPlan.evals`), the interval of a candidate total is recomputed so the
+    number of evaluations stays as planned; use :func:`eval_interval` for the new total's interval.
 
     ``costs`` hold the seconds seen so far. Shrinking may end the schedule at once (total = step); growing stops at
     ``cap_steps``. Small deviations (2% of the budget or two steps) are left alone, so noise does not re-plan every
     step.
     """
     seconds = budget_s * TARGET_SHARE - elapsed_s
-    off = remaining_s(total, step, costs, eval_every, checkpoint_every) - seconds
+
+    def cost(t: int) -> float:
+        return remaining_s(t, step, costs, eval_interval(t, evals, eval_every), checkpoint_every)
+
+    off = cost(total) - seconds
     if abs(off) <= max(0.02 * budget_s, 2 * costs.step_s):
         return None
-    hi = cap_steps if off < 0 else total
-    new = max(step, _fit(step, hi, seconds, lambda t: remaining_s(t, step, costs, eval_every, checkpoint_every)))
+    new = max(step, _fit(step, cap_steps if off < 0 else total, seconds, cost))
     return new if new != total else None
+
+
+def eval_interval(total: int, evals: int | None, eval_every: int | None) -> int | None:
+    """The interval for ``total`` steps: ``evals`` spread over it, else the fixed ``eval_every``."""
+    return max(1, math.ceil(total / evals)) if evals else eval_every

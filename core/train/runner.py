@@ -218,7 +218,7 @@ def _fit_budget(ctx: RunContext) -> dict[str, Any]:
     fit = plan_budget(budget_s, elapsed, costs, ctx.cap_steps, n_eval, cfg.eval_every, cfg.checkpoint_every)
     pos.total_steps, pos.eval_every, pos.eval_rows = fit.total_steps, fit.eval_every, fit.eval_rows
     pos.budget_limited, costs.eval_s = fit.budget_limited, fit.eval_s
-    ctx.budget_s = budget_s
+    ctx.budget_s, ctx.evals = budget_s, fit.evals
     plan = {
         "budget_s": round(budget_s, 1),
         "startup_s": round(elapsed, 2),

@@ -29,6 +29,7 @@ CASES = {
     "sft-3": ("sft", ROOT / "assets" / "data" / "support_chat.jsonl", 3.0),
     "cls-1": ("classification", SST2, 1.0),
     "cls-2": ("classification", SST2, 2.0),
+    "cls-5": ("classification", SST2, 5.0),
 }
 
 

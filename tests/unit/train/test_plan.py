@@ -14,6 +14,7 @@ from core.train.plan import (
     BudgetTooShortError,
     Costs,
     Schedule,
+    eval_interval,
     plan_budget,
     remaining_s,
     replan,
@@ -151,3 +152,18 @@ def test_retarget_continues_without_a_jump_and_ends_at_zero(kind: str, new_total
     during_warmup = Schedule(kind, 100, 10)
     during_warmup.retarget(4, 50)
     assert during_warmup(4) == pytest.approx(0.4) and during_warmup(10) == 1.0 and during_warmup(50) == 0.0
+
+
+def test_replan_keeps_the_number_of_evaluations() -> None:
+    """Seen on SST-2 under load: a budget with room for one (final) evaluation grew its total past the interval
+    planned for the first total, and two unplanned evaluations ate the budget's eval share."""
+    plan = plan_budget(60, 10, Costs(0.5, 30.0, 0.5), cap_steps=1000, eval_rows=1000)
+    assert plan.evals == 1 and plan.eval_every == plan.total_steps
+    faster = Costs(0.25, plan.eval_s, 0.5)
+    elapsed = 10 + 5 * 0.25
+    new = replan(plan.total_steps, 5, elapsed, 60, faster, plan.eval_every, 1000, evals=plan.evals)
+    assert new is not None and new > plan.total_steps
+    assert eval_interval(new, plan.evals, plan.eval_every) == new  # still only the final evaluation
+    assert elapsed + remaining_s(new, 5, faster, new) <= TARGET_SHARE * 60
+    fixed = plan_budget(120, 10, Costs(1.0, 2.0, 0.5), cap_steps=1000, eval_rows=50, eval_every=10)
+    assert fixed.evals is None and eval_interval(500, fixed.evals, fixed.eval_every) == 10
