@@ -239,7 +239,7 @@ class Engine:
                 self._tokenizers[key] = self.chat_model().tokenizer
             else:
                 from core.models import resolve_base
-                from core.train.loop import load_tokenizer
+                from core.train.model import load_tokenizer
 
                 self._tokenizers[key] = load_tokenizer(resolve_base(base_model, task))
         return self._tokenizers[key]

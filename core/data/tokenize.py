@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 IGNORE_INDEX = -100
 """Label value that the HF loss functions skip."""
 
@@ -193,28 +191,6 @@ def pack_examples(examples: Sequence[TokenizedExample], max_length: int) -> list
         row.seq_lens.append(n)
         free[j] -= n
     return rows
-
-
-def collate_packed(rows: Sequence[PackedRow], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Stack packed rows into a batch, right-padding to the longest row.
-
-    Padding gets labels -100 and its own positions ``0..pad-1``, so it forms a separate block that no real
-    token attends to (causal order already keeps it out of earlier tokens); the pad id therefore does not matter.
-    There is deliberately no ``attention_mask``: passing one disables the packed-sequence detection. Call the
-    model with ``use_cache=False`` too: a cache also disables it (transformers 5 ``_preprocess_mask_arguments``).
-
-    Returns:
-        ``input_ids``, ``labels``, ``position_ids``: (batch, longest) int64 tensors.
-    """
-    width = max(len(r) for r in rows)
-    ids, labels, pos = [], [], []
-    for r in rows:
-        pad = width - len(r)
-        ids.append(r.input_ids + [pad_token_id] * pad)
-        labels.append(r.labels + [IGNORE_INDEX] * pad)
-        pos.append(r.position_ids + list(range(pad)))
-    as_long: Callable[[list[list[int]]], torch.Tensor] = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return {"input_ids": as_long(ids), "labels": as_long(labels), "position_ids": as_long(pos)}
 
 
 # ---------------------------------------------------------------- helpers

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core import store
@@ -30,6 +32,8 @@ class RunProgress:
     error: str | None = None
     adapter_dir: str | None = None
     log_tail: str = ""
+    phase: str | None = None
+    """'final_eval' or 'saving' while a run evaluates and saves after its last step; None otherwise."""
 
     @property
     def fraction(self) -> float:
@@ -50,6 +54,8 @@ class RunProgress:
         parts = [f"{icon} **{self.status.replace('_', ' ')}**", f"run `{self.run_id}`"]
         if self.total_steps:
             parts.append(f"step {self.step}/{self.total_steps}")
+        if self.alive and self.phase:
+            parts.append({"final_eval": "final evaluation", "saving": "saving the adapter"}.get(self.phase, self.phase))
         if self.alive and self.eta_s is not None:
             parts.append(f"ETA {_duration(self.eta_s)}")
         if self.tokens_per_s:
@@ -64,10 +70,95 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def read_progress(jobs: JobManager, run_id: str, log_lines: int = 12) -> RunProgress:
-    """Rebuild a run's progress from ``events.jsonl``, the job status and the log tail."""
+class ProgressReader:
+    """Follows one run's ``events.jsonl`` from where it last stopped: each refresh parses only the new lines.
+
+    Thread-safe: several open pages may refresh the same run at once.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.offset = 0
+        """Bytes of ``events.jsonl`` already read."""
+        self.loss_points: list[dict[str, Any]] = []
+        self.eval_metrics: dict[str, Any] = {}
+        self.eta_s: float | None = None
+        self.tokens_per_s: float | None = None
+        self.elapsed_s: float | None = None
+        self.phase: str | None = None
+
+    def update(self, jobs: JobManager, events_path: Path | None = None) -> None:
+        """Read the lines appended since the last call (from the start again if the file was replaced)."""
+        with self._lock:
+            if events_path is not None and events_path.is_file() and events_path.stat().st_size < self.offset:
+                self._reset()  # a shorter file is a new file: start over
+            events, self.offset = jobs.read_events(self.run_id, self.offset)
+            for e in events:
+                self._apply(e)
+
+    def _apply(self, e: dict[str, Any]) -> None:
+        kind = e.get("type")
+        if kind == "step":
+            self.loss_points.append({"step": e["step"], "value": e["loss"], "series": "train loss"})
+            self.eta_s, self.tokens_per_s = e.get("eta_s"), e.get("tokens_per_s")
+            self.elapsed_s = e.get("elapsed_s")
+        elif kind == "eval":
+            metrics = e.get("metrics") or {}
+            self.eval_metrics.update(metrics)
+            if metrics.get("eval_loss") is not None:
+                self.loss_points.append({"step": e["step"], "value": metrics["eval_loss"], "series": "eval loss"})
+        elif kind == "phase":
+            self.phase, self.eta_s = e.get("phase"), e.get("eta_s", self.eta_s)
+            self.elapsed_s = e.get("elapsed_s", self.elapsed_s)
+        elif kind == "start":
+            self.phase = None
+            resumed = e.get("resumed_from_step")
+            if resumed is not None:
+                # steps after the checkpoint run again: their first points (a periodic checkpoint, then a crash)
+                # would otherwise appear twice on the curve
+                self.loss_points = [p for p in self.loss_points if p["step"] <= resumed]
+        elif kind == "end":
+            self.phase = None
+
+    def fill(self, progress: RunProgress) -> None:
+        """Copy what the events said into ``progress`` (copies: a page never shares a list with the reader)."""
+        with self._lock:
+            progress.loss_points = [dict(p) for p in self.loss_points]
+            progress.metrics.update(self.eval_metrics)
+            progress.eta_s, progress.tokens_per_s = self.eta_s, self.tokens_per_s
+            progress.elapsed_s = self.elapsed_s
+            progress.phase = self.phase if progress.alive else None
+
+
+class ProgressCache:
+    """One :class:`ProgressReader` per run, for a server that refreshes pages twice a second (keeps the newest)."""
+
+    def __init__(self, max_runs: int = 8) -> None:
+        self.max_runs = max_runs
+        self._readers: dict[str, ProgressReader] = {}
+        self._lock = threading.Lock()
+
+    def reader(self, run_id: str) -> ProgressReader:
+        with self._lock:
+            found = self._readers.pop(run_id, None) or ProgressReader(run_id)
+            self._readers[run_id] = found  # most recently used last
+            while len(self._readers) > self.max_runs:
+                self._readers.pop(next(iter(self._readers)))
+            return found
+
+
+def read_progress(
+    jobs: JobManager, run_id: str, log_lines: int = 12, cache: ProgressCache | None = None
+) -> RunProgress:
+    """A run's progress from ``events.jsonl``, the job status and the log tail.
+
+    With a ``cache``, the run's events are read from where the previous call stopped; without, from the start.
+    """
     info: RunInfo = jobs.status(run_id)
-    events, _ = jobs.read_events(run_id)
     progress = RunProgress(
         run_id=run_id,
         status=info.status,
@@ -79,24 +170,22 @@ def read_progress(jobs: JobManager, run_id: str, log_lines: int = 12) -> RunProg
         adapter_dir=info.adapter_dir,
         metrics=dict(info.metrics),
     )
-    for e in events:
-        kind = e.get("type")
-        if kind == "step":
-            progress.loss_points.append({"step": e["step"], "value": e["loss"], "series": "train loss"})
-            progress.eta_s, progress.tokens_per_s = e.get("eta_s"), e.get("tokens_per_s")
-            progress.elapsed_s = e.get("elapsed_s")
-        elif kind == "eval":
-            metrics = e.get("metrics") or {}
-            progress.metrics.update(metrics)
-            if metrics.get("eval_loss") is not None:
-                progress.loss_points.append({"step": e["step"], "value": metrics["eval_loss"], "series": "eval loss"})
-        elif kind == "start" and e.get("resumed"):
-            progress.loss_points = [p for p in progress.loss_points if p["step"] <= e.get("step", 0)]
-    log = info.run_dir / "train.log"
-    if log.is_file():
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-log_lines:])
-        progress.log_tail = store.redact_paths(tail, jobs.home)  # a traceback names server paths; visitors see it
+    reader = cache.reader(run_id) if cache is not None else ProgressReader(run_id)
+    reader.update(jobs, info.run_dir / "events.jsonl")
+    reader.fill(progress)
+    # A traceback names server paths; visitors may see the tail, so paths are shown relative to the home.
+    progress.log_tail = store.redact_paths(_tail_lines(info.run_dir / "train.log", log_lines), jobs.home)
     return progress
+
+
+def _tail_lines(path: Path, n: int, max_bytes: int = 16_384) -> str:
+    """The last ``n`` lines of a log, reading at most its last ``max_bytes``."""
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - max_bytes))
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-n:])
 
 
 def latest_run(jobs: JobManager) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 from core.config import TrainConfig
 from core.data import MIB, LoadedData, RawTable, read_table
 from core.train.jobs import JobManager, RunInfo
-from core.train.progress import RunProgress, latest_run, read_progress
+from core.train.progress import ProgressCache, RunProgress, latest_run, read_progress
 from core.train.samples import Sample, by_label, samples
 
 
@@ -27,6 +27,8 @@ class Training:
             the worker's reading of the file (through ``TrainConfig.max_data_mb``).
         """
         self._jobs, self._validate, self.max_bytes = jobs, validate, max_bytes
+        # Pages refresh a run twice a second: each run's events are read on from where the last refresh stopped.
+        self._progress = ProgressCache()
 
     @property
     def jobs(self) -> JobManager:
@@ -104,7 +106,7 @@ class Training:
 
     def progress(self, run_id: str) -> RunProgress:
         """A run's progress as plain values (loss points, step/total, ETA, log tail)."""
-        return read_progress(self.jobs, run_id)
+        return read_progress(self.jobs, run_id, cache=self._progress)
 
     def latest(self) -> str | None:
         """The run a page shows when it opens: the live one, else the newest."""
@@ -119,6 +121,7 @@ class Training:
         return {
             "run_id": p.run_id,
             "status": p.status,
+            "phase": p.phase,
             "step": p.step,
             "total_steps": p.total_steps,
             "eta_s": p.eta_s,

@@ -55,12 +55,12 @@ def _answer_nll(model, tokenizer, question: str) -> float:
     import torch
 
     from core.data import tokenize as T
-    from core.train import loop as tl
+    from core.train import batches as B
 
     ex = T.tokenize_chat(tokenizer, [{"role": "user", "content": question}, {"role": "assistant", "content": FACT_A}])
-    batch = tl.collate_sft([{"input_ids": ex.input_ids, "labels": ex.labels}], tokenizer.pad_token_id or 0)
+    batch = B.collate_sft([{"input_ids": ex.input_ids, "labels": ex.labels}], tokenizer.pad_token_id or 0)
     with torch.no_grad():
-        total, n = tl.sft_loss_sum(model.eval(), batch)
+        total, n = B.sft_loss_sum(model.eval(), batch)
     return float(total) / n
 
 
@@ -69,7 +69,7 @@ def test_sft_smollm2_learns_a_made_up_fact(chat_base: str, tmp_path: Path, monke
     from transformers import AutoModelForCausalLM
 
     from core.config import LoraSettings, TrainConfig
-    from core.train import loop as tl
+    from core.train import model as M
     from core.train import runner as train
 
     monkeypatch.setenv("DEMOFORGE_HOME", str(tmp_path / "home"))
@@ -91,7 +91,7 @@ def test_sft_smollm2_learns_a_made_up_fact(chat_base: str, tmp_path: Path, monke
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
 
-    tokenizer = tl.load_tokenizer(chat_base)
+    tokenizer = M.load_tokenizer(chat_base)
     held_out = "Hey, what is the motto of Zorbly Corp?"  # a phrasing not in the training set
     base = AutoModelForCausalLM.from_pretrained(chat_base)
     before = _answer_nll(base, tokenizer, held_out)
@@ -168,3 +168,45 @@ def test_classification_minilm_beats_chance(encoder_base: str, tmp_path: Path, m
     assert result.metrics["best_macro_f1"] >= 0.7, result.metrics  # chance is ~0.33 for 3 balanced classes
     card = json.loads((result.adapter_dir / "adapter_card.json").read_text())
     assert sorted(card["labels"]) == ["billing", "shipping", "technical"]
+
+
+def test_time_budget_on_minilm_lands_on_the_budget(encoder_base: str, tmp_path: Path) -> None:
+    """A 1-minute classification budget through the worker command: the adapter is saved and the process gone within
+    +-10% of the budget (counted from the process start), every planned step ran and the LR schedule completed."""
+    import subprocess
+    import sys
+    import time
+
+    from core.config import TASK_DEFAULTS, TrainConfig
+
+    rows = _tickets(2000, 0)  # 6,000 rows: 5 epochs would take far longer than the budget
+    (tmp_path / "train.csv").write_text("\n".join(["text,label"] + [f'"{t}",{lab}' for t, lab in rows]) + "\n")
+    cfg = TrainConfig(
+        data_path=str(tmp_path / "train.csv"),
+        adapter_name="budget",
+        task="classification",
+        base_model=encoder_base,
+        time_budget_minutes=1.0,
+        **TASK_DEFAULTS["classification"],  # type: ignore[arg-type]
+    )
+    cfg.to_yaml(tmp_path / "cfg.yaml")
+    env = {**os.environ, "DEMOFORGE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "core.train", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    end, steps = events[-1], [e for e in events if e["type"] == "step"]
+    print(f"1-minute budget: {took:.1f}s, plan {events[0]['plan']}, {len(steps)} steps, {end['metrics']}")
+    assert end["status"] == "time_budget", end
+    assert 54 <= took <= 66, took
+    assert steps[-1]["step"] == steps[-1]["total_steps"] and end["metrics"]["final_lr"] == 0.0
+    assert [e["phase"] for e in events if e["type"] == "phase"] == ["final_eval", "saving"]
+    assert end["metrics"]["best_macro_f1"] >= 0.7, end["metrics"]

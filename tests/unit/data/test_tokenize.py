@@ -96,9 +96,11 @@ def test_pack_first_fit_decreasing() -> None:
         T.pack_examples(exs, 6)
 
 
-def test_collate_packed_pads_with_own_block() -> None:
+def test_collate_sft_pads_packed_rows_with_own_block() -> None:
+    from core.train.batches import as_train_row, collate_sft
+
     rows = T.pack_examples([_ex(4), _ex(3), _ex(2)], 5)
-    b = T.collate_packed(rows, pad_token_id=0)
+    b = collate_sft([as_train_row(r) for r in rows], 0)
     assert b["input_ids"].shape == b["labels"].shape == b["position_ids"].shape == (2, 5)
     assert b["position_ids"][1].tolist() == [0, 1, 2, 0, 1] and b["labels"][0, 4].item() == -100
     assert b["input_ids"][0, 4].item() == 0 and "attention_mask" not in b
@@ -107,6 +109,8 @@ def test_collate_packed_pads_with_own_block() -> None:
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_packed_examples_never_attend_to_each_other(tok: Any, impl: str) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.train.batches import as_train_row, collate_sft
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -125,7 +129,7 @@ def test_packed_examples_never_attend_to_each_other(tok: Any, impl: str) -> None
         for q, a in [("Hello there", "The quick fox."), ("Two plus two?", "four"), ("card", "charged twice")]
     ]
     (row,) = T.pack_examples(exs, 200)
-    batch = T.collate_packed([row])
+    batch = collate_sft([as_train_row(row)], 0)  # the collator training uses
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         ids = [ex.input_ids for ex in sorted(exs, key=len, reverse=True)]  # FFD order = packed order

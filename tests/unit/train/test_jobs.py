@@ -235,7 +235,7 @@ def test_server_upload_limit_reaches_the_worker_config(jm: JobManager, tmp_path:
 
 
 def test_worker_reads_data_with_the_configured_limit(tmp_path: Path) -> None:
-    from core.train.loop import load_train_data
+    from core.train.batches import load_train_data
     from tests.conftest import build_tiny_tokenizer
 
     words = " ".join(["good movie"] * 26_000)  # ~260 KB per row: 6 rows ~ 1.5 MiB

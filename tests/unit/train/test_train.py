@@ -91,7 +91,7 @@ def test_config_yaml_roundtrip_and_example(tmp_path: Path) -> None:
 def test_sft_loss_matches_hf_shifted_loss_and_packing(tiny_models: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM
 
-    from core.train import loop as tl
+    from core.train import batches as B
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
     torch.manual_seed(1)
@@ -100,12 +100,12 @@ def test_sft_loss_matches_hf_shifted_loss_and_packing(tiny_models: dict[str, Pat
     la[:, :5], lb[:, :4] = -100, -100  # prompt tokens carry no loss
     with torch.no_grad():
         hf_a, hf_b = model(input_ids=a, labels=la).loss, model(input_ids=b, labels=lb).loss
-        batch = tl.collate_sft([{"input_ids": a[0].tolist(), "labels": la[0].tolist()}], 0)
-        mine, n = tl.sft_loss_sum(model, batch)
+        batch = B.collate_sft([{"input_ids": a[0].tolist(), "labels": la[0].tolist()}], 0)
+        mine, n = B.sft_loss_sum(model, batch)
         assert n == 12 - 5
         assert torch.allclose(mine / n, hf_a, atol=1e-5)
         # a and b packed in one row: same per-token losses, no cross-talk between the examples
-        packed = tl.collate_sft(
+        packed = B.collate_sft(
             [
                 {
                     "input_ids": a[0].tolist() + b[0].tolist(),
@@ -115,7 +115,7 @@ def test_sft_loss_matches_hf_shifted_loss_and_packing(tiny_models: dict[str, Pat
             ],
             0,
         )
-        total, n2 = tl.sft_loss_sum(model, packed)
+        total, n2 = B.sft_loss_sum(model, packed)
     assert n2 == 7 + 5
     assert torch.allclose(total, hf_a * 7 + hf_b * 5, atol=1e-4)
 
@@ -130,14 +130,16 @@ def test_steps_move_lora_only_and_adapter_reloads(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from core.train import loop as tl
+    from core.train import batches as B
+    from core.train import loop as L
+    from core.train import model as M
     from core.train import runner as train
 
     cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), adapter_name="moved")
-    tok = tl.load_tokenizer(str(tiny_models["llama"]))
-    data = tl.load_train_data(cfg, tok)
+    tok = M.load_tokenizer(str(tiny_models["llama"]))
+    data = B.load_train_data(cfg, tok)
     acc = Accelerator(mixed_precision="no")
-    model = tl.build_model(cfg, str(tiny_models["llama"]), None, tok.pad_token_id)
+    model = M.build_model(cfg, str(tiny_models["llama"]), None, tok.pad_token_id)
     base0 = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
     lora0 = {k: v.clone() for k, v in model.named_parameters() if "lora_" in k}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -145,9 +147,9 @@ def test_steps_move_lora_only_and_adapter_reloads(
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=40)
     model, opt = acc.prepare(model, opt)
-    batches = tl.epoch_batches(data.train_rows, cfg.batch_size, 0, 0, 0, 1, False)
+    batches = B.epoch_batches(data.train_rows, cfg.batch_size, 0, 0, 0, 1, False)
     losses = [
-        train._step(
+        L.train_step(
             acc,
             model,
             opt,
@@ -155,7 +157,7 @@ def test_steps_move_lora_only_and_adapter_reloads(
             params,
             batches[i % len(batches) :][:1],
             data.train_rows,
-            tl.collate_sft,
+            B.collate_sft,
             tok.pad_token_id,
             cfg,
         )[0]
@@ -188,24 +190,25 @@ def test_grad_accumulation_matches_one_big_batch(tiny_models: dict[str, Path], t
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from core.train import loop as tl
-    from core.train import runner as train
+    from core.train import batches as B
+    from core.train import loop as L
+    from core.train import model as M
 
     cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_length=16)
-    tok = tl.load_tokenizer(str(tiny_models["llama"]))
-    data = tl.load_train_data(cfg, tok)
+    tok = M.load_tokenizer(str(tiny_models["llama"]))
+    data = B.load_train_data(cfg, tok)
     acc = Accelerator(mixed_precision="no", cpu=True)
-    model0 = tl.build_model(cfg, str(tiny_models["llama"]), None, tok.pad_token_id)
+    model0 = M.build_model(cfg, str(tiny_models["llama"]), None, tok.pad_token_id)
     results = []
     for window in ([[0, 1, 2, 3]], [[0], [1, 2, 3]]):
         model = copy.deepcopy(model0)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=1.0)
         sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=10)
-        loss, tokens = train._step(
-            acc, model, opt, sched, params, window, data.train_rows, tl.collate_sft, tok.pad_token_id, cfg
+        loss, tokens = L.train_step(
+            acc, model, opt, sched, params, window, data.train_rows, B.collate_sft, tok.pad_token_id, cfg
         )
-        results.append((loss, tokens, tl.lora_state(model)))
+        results.append((loss, tokens, M.lora_state(model)))
     (l1, t1, s1), (l2, t2, s2) = results
     assert t1 == t2 and abs(l1 - l2) < 1e-5
     assert all(torch.allclose(s1[k], s2[k], atol=1e-6) for k in s1)
@@ -218,7 +221,7 @@ def test_sft_run_events_card_and_reload(tiny_models: dict[str, Path], tmp_path: 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core.train import loop as tl
+    from core.train import model as M
     from core.train import runner as train
 
     run_dir = tmp_path / "run"
@@ -235,12 +238,17 @@ def test_sft_run_events_card_and_reload(tiny_models: dict[str, Path], tmp_path: 
     assert [e["step"] for e in evals] == [10, 20, 30, 40]
     assert evals[-1]["metrics"]["eval_loss"] < evals[0]["metrics"]["eval_loss"]
     assert (run_dir / "train.log").read_text().count("step ") >= 40
+    # the final evaluation and the saving are announced after the last step, and the ETA counted them
+    last_step = max(i for i, e in enumerate(events) if e["type"] == "step")
+    phases = [(i, e) for i, e in enumerate(events) if e["type"] == "phase"]
+    assert [e["phase"] for _, e in phases] == ["final_eval", "saving"] and phases[0][0] > last_step
+    assert steps[-1]["eta_s"] > 0 and all(e["eta_s"] > 0 and e["step"] == 40 for _, e in phases)
     card = json.loads((result.adapter_dir / "adapter_card.json").read_text())
     assert card["task"] == "sft" and card["data"]["fingerprint"] and card["demoforge_version"]
     assert card["metrics"]["best_eval_loss"] == min(e["metrics"]["eval_loss"] for e in evals)
     assert card["config"]["lora"]["r"] == 16
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), result.adapter_dir)
-    assert tl.state_hash(tl.lora_state(reloaded)) == events[-1]["lora_hash"]
+    assert M.state_hash(M.lora_state(reloaded)) == events[-1]["lora_hash"]
 
 
 def test_classification_run_trains_head_and_labels_in_card(
@@ -249,7 +257,7 @@ def test_classification_run_trains_head_and_labels_in_card(
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from core.train import loop as tl
+    from core.train import model as M
     from core.train import runner as train
 
     # lr 3e-3 for 300 steps on 320 rows reached macro-F1 >= 0.975 for 8 seeds x {fp32, bf16} x {AVX-512/AMX, AVX2}
@@ -278,33 +286,83 @@ def test_classification_run_trains_head_and_labels_in_card(
     assert any("classifier" in k for k in weights), sorted(weights)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
     model = PeftModel.from_pretrained(base, result.adapter_dir).eval()
-    tok = tl.load_tokenizer(str(tiny_models["bert"]))
+    tok = M.load_tokenizer(str(tiny_models["bert"]))
     texts = ["the movie was really good", "the film was very awful", "a great story", "poor plot"]
     with torch.no_grad():
         pred = model(**tok(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
     assert [card["labels"][i] for i in pred] == ["positive", "negative", "positive", "negative"]
 
 
-def test_time_budget_stops_early_and_keeps_adapter(
-    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+@pytest.fixture
+def one_thread() -> object:
+    """Tiny models gain nothing from a second thread, and OpenMP barriers on a shared CPU make step times erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_time_budget_run_completes_its_schedule_within_the_budget(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path, one_thread: object
 ) -> None:
     from core.train import runner as train
 
+    budget_min = 0.25
     # also exercises the bf16-autocast ('auto' on this CPU) and gradient-checkpointing paths
     cfg = sft_cfg(
         tiny_models,
         write_sft(tmp_path / "d.jsonl"),
         max_steps=100_000,
-        time_budget_minutes=0.06,
+        time_budget_minutes=budget_min,
+        warmup_ratio=0.1,
         precision="auto",
         gradient_checkpointing=True,
     )
     t0 = time.monotonic()
-    result = train.run(cfg, tmp_path / "run")
+    result = train.run(cfg, tmp_path / "run", t_start=t0)
     took = time.monotonic() - t0
-    assert result.status in ("time_budget", "finished"), result.error
-    assert result.metrics["total_steps"] < 100_000 and took < 0.06 * 60 + 3, (took, result.metrics)
+    assert result.status == "time_budget", result.error
+    assert 0.9 * budget_min * 60 <= took <= 1.1 * budget_min * 60, (took, result.metrics)
+    events = read_events(tmp_path / "run")
+    plan = events[0]["plan"]
+    assert plan["step_s"] > 0 and plan["eval_s"] > 0 and plan["save_s"] > 0 and plan["total_steps"] < 100_000
+    steps = [e for e in events if e["type"] == "step"]
+    # the schedule completes: every planned (or re-planned) step ran, and the learning rate reached its end value
+    assert steps[-1]["step"] == steps[-1]["total_steps"] == result.metrics["steps"] >= 10
+    assert steps[-1]["lr"] == 0.0 and result.metrics["final_lr"] == 0.0
+    assert max(e["lr"] for e in steps) > 0.9 * cfg.lr  # the peak was reached too (warm-up done)
+    assert 1 <= sum(e["type"] == "eval" for e in events) <= 5
+    assert [e["phase"] for e in events if e["type"] == "phase"] == ["final_eval", "saving"]
     assert result.adapter_dir is not None and (result.adapter_dir / "adapter_card.json").is_file()
+
+
+def test_too_short_time_budget_is_refused_with_the_minimum(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
+    from core.train import runner as train
+
+    cfg = sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=100_000, time_budget_minutes=0.002)
+    result = train.run(cfg, tmp_path / "run")
+    assert result.status == "failed" and "too short" in (result.error or ""), result.error
+    end = read_events(tmp_path / "run")[-1]
+    assert end["type"] == "end" and end["min_budget_minutes"] > 0.002
+    assert f"at least {end['min_budget_minutes']:g} minutes" in result.error
+    assert not any(e["type"] == "step" for e in read_events(tmp_path / "run"))
+    assert not (demoforge_home / "adapters" / "toy-sft").exists()
+
+
+def test_two_runs_in_one_process_with_different_precisions(
+    tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
+) -> None:
+    """accelerate's process-wide state must not pin the first run's precision on the second."""
+    from core.train import runner as train
+
+    data = write_sft(tmp_path / "d.jsonl")
+    for precision, expected in (("fp32", "no"), ("bf16", "bf16"), ("fp32", "no")):
+        run_dir = tmp_path / f"run-{precision}-{expected}"
+        result = train.run(sft_cfg(tiny_models, data, max_steps=2, precision=precision), run_dir)
+        assert result.status == "finished", result.error
+        assert read_events(run_dir)[0]["mixed_precision"] == expected
 
 
 def test_qlora_on_cpu_fails_clearly(tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path) -> None:
