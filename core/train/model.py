@@ -20,6 +20,14 @@ def pick_mixed_precision(precision: str) -> str:
     if precision == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
             raise ConfigError("precision 'bf16' was asked for, but this GPU has no bf16 support: use 'auto'.")
+        from core.models import cpu_supports_bf16
+
+        if not cuda and not cpu_supports_bf16():
+            # torch's CPU bf16 training kernels need AVX512-BF16/AMX (else: "pack_vnni2 is only supported when avx512").
+            raise ConfigError(
+                "precision 'bf16' was asked for, but this CPU has no native bf16 kernels (AVX512-BF16 or AMX): "
+                "use 'auto' or 'fp32'."
+            )
         return "bf16"
     if cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
