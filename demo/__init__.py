@@ -12,8 +12,8 @@ from core.engine import Engine
 from demo.chat_tab import adapter_choices, build_chat_tab
 from demo.classify_tab import adapter_names as classify_adapter_names
 from demo.classify_tab import adapter_update as classify_adapter_update
-from demo.classify_tab import build_classify_tab
-from demo.finetune_tab import build_finetune_tab
+from demo.classify_tab import ClassifyTab, build_classify_tab
+from demo.finetune_tab import FinetuneTab, build_finetune_tab
 from demo.library_tab import build_library_tab, library_update
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -46,15 +46,15 @@ def _wire_adapters(
     engine: Engine,
     tabs: gr.Tabs,
     chat: dict,
-    finetune: dict,
+    finetune: FinetuneTab,
     library: dict,
     adapters_tab: gr.Tab,
-    classify: dict,
+    classify: ClassifyTab,
     classify_tab: gr.Tab,
 ) -> None:
     """Cross-tab events: a finished run or a library change refreshes every adapter picker; 'Use in Chat' and
     'Use in Classify' switch tabs."""
-    pickers = [chat["adapter"], chat["compare_a"], chat["compare_b"], classify["adapter"]]
+    pickers = [chat["adapter"], chat["compare_a"], chat["compare_b"], classify.adapter]
 
     def refresh_all(selected: str | None = None):
         choices = adapter_choices(engine)
@@ -63,14 +63,14 @@ def _wire_adapters(
             gr.update(choices=choices),
             gr.update(choices=choices[1:]),
             gr.update(choices=choices[1:]),
-            classify_adapter_update(),
+            classify_adapter_update(engine),
         )
 
     outputs = [library["table"], library["pick"], *pickers]
     # The run's status flips to finished when its adapter lands: refresh pickers then.
-    finetune["run_status"].change(
+    finetune.run_status.change(
         lambda status, sel: refresh_all(sel) if status in ("finished", "time_budget") else (gr.skip(),) * len(outputs),
-        [finetune["run_status"], library["pick"]],
+        [finetune.run_status, library["pick"]],
         outputs,
         queue=False,
         api_visibility="private",
@@ -100,19 +100,19 @@ def _wire_adapters(
     def use_in_classify(name: str | None):
         if not name:
             raise gr.Error("Pick an adapter first.", duration=5)
-        if name not in (names := classify_adapter_names()):
+        if name not in (names := classify_adapter_names(engine)):
             raise gr.Error(f"{name!r} is not a classification adapter; use it in the Chat tab.", duration=8)
         return "adapter", gr.update(choices=names, value=name, visible=True), gr.Tabs(selected="classify")
 
     library["use_classify"].click(
         use_in_classify,
         [library["pick"]],
-        [classify["method"], classify["adapter"], tabs],
+        [classify.method, classify.adapter, tabs],
         queue=False,
         api_visibility="private",
     )
     classify_tab.select(
-        lambda: classify_adapter_update(), None, [classify["adapter"]], queue=False, api_visibility="private"
+        lambda: classify_adapter_update(engine), None, [classify.adapter], queue=False, api_visibility="private"
     )
 
 
