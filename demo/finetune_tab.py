@@ -224,7 +224,9 @@ def _wire(engine: Engine, tab: FinetuneTab) -> None:
         api_name="start_training",
         concurrency_limit=None,
     )
-    tab.stop.click(partial(run.stop_training, engine), None, [tab.status], api_name="stop_training")
+    tab.stop.click(
+        partial(run.stop_training, engine), None, [tab.status], api_name="stop_training", concurrency_limit=None
+    )
     tab.resume.click(
         partial(run.resume_training, engine),
         [tab.runs],

@@ -327,20 +327,23 @@ def _significant(value: float, digits: int = LOSS_DIGITS) -> float:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
-def loss_frame(points: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def loss_frame(points: Iterable[Mapping[str, Any]]) -> pd.DataFrame | None:
     """Loss points as a typed frame for gr.LinePlot: ``step`` int, ``loss`` float (3 significant digits),
     ``series`` text.
 
     The types matter: the chart's spec (axis types, colour domain) is fixed when it is first drawn, and an
     untyped (object) column makes Gradio call the losses categories. Each series without a point yet gets one
-    empty (NaN) row, so both lines are in the legend from the start; a line mark skips the empty value.
+    empty (NaN) row, so both lines are in the legend from the start; a line mark skips the empty value. None (an
+    empty plot) before the first point.
     """
     rows = [
         (int(p["step"]), _significant(float(p["value"])), str(p["series"]))
         for p in points
         if p.get("value") is not None and math.isfinite(float(p["value"]))
     ]
-    first = min((r[0] for r in rows), default=0)
+    if not rows:
+        return None
+    first = min(r[0] for r in rows)
     present = {r[2] for r in rows}
     rows += [(first, math.nan, s) for s in SERIES if s not in present]
     return pd.DataFrame(

@@ -233,3 +233,5 @@ def test_finetune_from_corrections_starts_a_run_shown_here(server: dict, client:
         while engine.training.active() is not None and time.monotonic() < deadline:
             time.sleep(0.5)
     assert engine.training.active() is None
+    with pytest.raises(AppError, match="no usable characters"):  # a user error, not 'something went wrong'
+        client.predict(table, "///", 0.5, api_name="/finetune_from_corrections")

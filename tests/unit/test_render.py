@@ -101,8 +101,9 @@ def test_run_errors_show_no_server_paths(tmp_path: Path) -> None:
 
 
 def test_loss_frame_is_typed_and_names_both_series() -> None:
-    frame = render.loss_frame([])
-    assert list(frame["series"]) == ["train loss", "eval loss"]  # both in the legend from the start
+    assert render.loss_frame([]) is None  # an empty plot, not a frame of untyped columns
+    frame = render.loss_frame([{"step": 3, "value": 2.0, "series": "train loss"}])
+    assert list(frame["series"]) == ["train loss", "eval loss"]  # both in the legend from the first point
     assert pd.api.types.is_integer_dtype(frame["step"]) and pd.api.types.is_float_dtype(frame["loss"])
     frame = render.loss_frame(
         [
