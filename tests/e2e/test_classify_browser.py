@@ -126,7 +126,7 @@ def test_use_in_classify_from_the_library(app_url: str) -> None:
 def test_finetune_on_corrections_shows_progress_here_and_in_the_finetune_tab(app_url: str, tmp_path: Path) -> None:
     with SAMPLE.open(encoding="utf-8", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["label"]][:23]
-    rows.append({"text": '<svg id="pwn"></svg> the export button crashes', "label": "bug"})
+    rows.insert(0, {"text": '<svg id="pwn"></svg> the export button crashes', "label": "bug"})  # a visible row
     upload = tmp_path / "ladder.csv"
     with upload.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, ["text", "label"])
@@ -140,7 +140,11 @@ def test_finetune_on_corrections_shows_progress_here_and_in_the_finetune_tab(app
         )
         page.locator("#df-cls-score").click()
         page.wait_for_function(
-            "() => document.querySelector('#df-cls-table').innerText.includes('corrected_label')", timeout=120_000
+            "() => document.querySelector('#df-cls-metrics').innerText.includes('Scored')", timeout=120_000
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-table').innerText.includes('the export button crashes')",
+            timeout=30_000,
         )
         assert page.locator("#pwn").count() == 0  # the cell is text, not markup
 
