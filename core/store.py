@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME = 64
 """Longest adapter (and run) name kept; longer names are refused where a user types them."""
@@ -60,11 +62,11 @@ def safe_name(name: str) -> str:
     """Turn a user-supplied name into one file-system component: no separators, no dot-files, no '..'.
 
     Raises:
-        ValueError: when nothing usable is left (the message says which characters are allowed).
+        ConfigError: when nothing usable is left (the message says which characters are allowed); a ValueError.
     """
     cleaned = _SAFE.sub("-", name.strip()).strip(".-_")[:MAX_NAME].rstrip(".-_")
     if not cleaned:
-        raise ValueError(
+        raise ConfigError(
             f"The name {name!r} has no usable characters. Use letters, digits, '.', '_' or '-' (at most {MAX_NAME})."
         )
     return cleaned

@@ -23,11 +23,6 @@ DELETE_CACHE = (1800, 3600)
 """Gradio's temp files (uploads, downloads) are swept every 30 min once an hour old, and on shutdown."""
 
 
-def part(tab: Any, name: str) -> Any:
-    """A component of another tab's builder result, whether it is a dict of names or a dataclass."""
-    return tab[name] if isinstance(tab, dict) else getattr(tab, name)
-
-
 @dataclass(frozen=True)
 class Pickers:
     """Every adapter picker outside the library: chat, compare A and B, classify."""
@@ -57,9 +52,9 @@ def build_app(engine: Engine, config: AppConfig) -> gr.Blocks:
                 finetune = build_finetune_tab(engine)
             with gr.Tab("Adapters", id="adapters") as adapters_tab:
                 library = build_library_tab(engine)
-        pickers = Pickers(*chat.pickers, part(classify, "adapter"))
-        wire_pickers(app, engine, pickers, library, part(finetune, "run_status"), adapters_tab, classify_tab)
-        wire_use_buttons(engine, tabs, chat, library, part(classify, "method"), pickers.classify)
+        pickers = Pickers(*chat.pickers, classify.adapter)
+        wire_pickers(app, engine, pickers, library, finetune.run_status, adapters_tab, classify_tab)
+        wire_use_buttons(engine, tabs, chat, library, classify.method, pickers.classify)
     # A bounded queue: beyond queue_size waiting requests, Gradio answers "queue is full" at once instead of
     # letting visitors wait forever; each visitor sees their position and an estimate in the status line.
     app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)

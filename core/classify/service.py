@@ -259,6 +259,13 @@ class ClassifyService:
 
         return score_table(clf, table.rows, str(text_column), label_column, progress)
 
+    @staticmethod
+    def write_csv(result: BatchResult, path: str | Path) -> Path:
+        """Write a scored table as UTF-8 CSV that is safe to open in a spreadsheet (formula cells escaped)."""
+        from core.classify.scoring import write_csv
+
+        return write_csv(result, path)
+
     def compare(
         self,
         path: str | Path,

@@ -63,7 +63,7 @@ def main() -> None:
         client = Client(url, verbose=False)
         client.predict(SAMPLE, api_name="/pick_sample")
         # task, base, columns, name, budget, epochs, lr, max_length, batch, accum, r, alpha, dropout, eval, sched, seed
-        from demo.finetune_tab import DEFAULTS
+        from core.config import TASK_DEFAULTS as DEFAULTS
 
         d = DEFAULTS["sft"]  # what the tab shows for a chat run
         settings = (

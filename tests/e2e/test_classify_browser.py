@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from core.config import AppConfig
 from core.engine import Engine
-from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, isolated_home, serve
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, browser_page, isolated_home, serve
 from tests.ui.test_classify_ui import _make_adapter
 
 pytestmark = pytest.mark.e2e
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.e2e
 SHOTS = os.environ.get("DEMOFORGE_SCREENSHOTS")
 LABELS = ["billing", "bug", "feature_request", "account_access", "how_to"]
 SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "data" / "ticket_triage_test.csv"
+EMOJI = re.compile("[\u2600-\u27bf\U0001f000-\U0001faff]")
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +121,66 @@ def test_use_in_classify_from_the_library(app_url: str) -> None:
         )
         assert "fine-tuned · ticket-lora" in page.locator("#df-cls-info").inner_text()
         browser.close()
+
+
+def test_finetune_on_corrections_shows_progress_here_and_in_the_finetune_tab(app_url: str, tmp_path: Path) -> None:
+    with SAMPLE.open(encoding="utf-8", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"]][:23]
+    rows.insert(0, {"text": '<svg id="pwn"></svg> the export button crashes', "label": "bug"})  # a visible row
+    upload = tmp_path / "ladder.csv"
+    with upload.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, ["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with browser_page(app_url) as page:
+        page.get_by_role("tab", name="Classify").click()
+        page.locator("#df-cls-upload input[type=file]").set_input_files(str(upload))
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-textcol input')?.value === 'text'", timeout=30_000
+        )
+        page.locator("#df-cls-score").click()
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-metrics').innerText.includes('Scored')", timeout=120_000
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-table').innerText.includes('the export button crashes')",
+            timeout=30_000,
+        )
+        assert page.locator("#pwn").count() == 0  # the cell is text, not markup
+
+        name = page.locator("#df-cls-ft-name input, #df-cls-ft-name textarea").first
+        name.fill("ladder-e2e")
+        minutes = page.locator("#df-cls-ft-minutes input[type=number]")
+        minutes.fill("1")
+        minutes.press("Enter")
+        page.locator("#df-cls-finetune").click()
+
+        # Progress shows in the Classify tab itself: a status badge and a bar, no emoji.
+        page.locator("#df-cls-ft-status .df-run").wait_for(timeout=60_000)
+        status = page.locator("#df-cls-ft-status").inner_text()
+        run_id = re.search(r"run (\S+-ladder-e2e)", status).group(1)
+        assert not EMOJI.search(status + page.locator("#df-cls-ladder-status").inner_text())
+        assert "Fine-tune" in page.locator("#df-cls-ladder-status").inner_text()
+
+        # The Fine-tune tab follows the newest run (it was on no run, or an older one, before).
+        page.get_by_role("tab", name="Fine-tune").click()
+        page.wait_for_function(
+            f"() => document.querySelector('#df-ft-headline').innerText.includes({run_id!r})", timeout=30_000
+        )
+
+        # Back in Classify: when the adapter is ready it is picked, and Compare scores both methods.
+        page.get_by_role("tab", name="Classify").click()
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-ft-status').innerText.includes('is ready')", timeout=600_000
+        )
+        assert page.locator("#df-cls-adapter input").input_value() == "ladder-e2e"
+        assert page.get_by_role("radio", name="Fine-tuned adapter").is_checked()
+        if SHOTS:
+            page.screenshot(path=str(Path(SHOTS) / "screenshot-classify-ladder.png"), full_page=True)
+        page.locator("#df-cls-compare").click()
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-ladder-status').innerText.includes('Fine-tuned vs zero-shot')",
+            timeout=180_000,
+        )
+        table = page.locator("#df-cls-comparison").inner_text()
+        assert "zero-shot" in table and "fine-tuned" in table

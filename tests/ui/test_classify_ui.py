@@ -168,26 +168,70 @@ def test_compare_methods_side_by_side(server: dict, client: Client) -> None:
     assert "macro-F1" in note
 
 
-def test_finetune_from_corrections_starts_a_run(server: dict, client: Client) -> None:
+def test_scored_files_live_in_the_homes_tmp_and_old_ones_are_cleaned(server: dict, client: Client) -> None:
+    import os
+    import tempfile
+
+    scratch = server["home"] / "tmp"
+    old = scratch / "demoforge-scored-old"
+    old.mkdir(parents=True, exist_ok=True)
+    (old / "x-scored.csv").write_text("a\n", encoding="utf-8")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    in_system_tmp = set(Path(tempfile.gettempdir()).glob("demoforge-scored-*"))
+    client.predict(
+        handle_file(str(server["scored"])), "body", "label", DEFAULT_LABELS, "embedding", "", api_name="/score_file"
+    )
+    fresh = list(scratch.glob("demoforge-scored-*"))
+    assert [f.name for f in fresh] != [] and not old.exists()  # one folder per call; an hour-old one removed
+    assert all((f / "tickets-scored.csv").is_file() for f in fresh)
+    assert set(Path(tempfile.gettempdir()).glob("demoforge-scored-*")) == in_system_tmp  # nothing left in /tmp
+
+
+def test_an_internal_error_is_a_short_message_with_a_reference(
+    server: dict, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("internal detail at /srv/secret/path.py")  # a bug, not a user error
+
+    monkeypatch.setattr(server["engine"].classify, "classify", broken)
+    with pytest.raises(AppError) as err:
+        client.predict("some text", DEFAULT_LABELS, "embedding", "", api_name="/classify")
+    msg = str(err.value)
+    assert "Something went wrong" in msg and "reference" in msg
+    assert "/srv/secret" not in msg and "internal detail" not in msg
+    monkeypatch.undo()
+    probs = client.predict(CLEAR[1][0], DEFAULT_LABELS, "embedding", "", api_name="/classify")
+    assert max(probs, key=probs.get) == "billing"  # the server keeps serving
+
+
+def test_finetune_from_corrections_starts_a_run_shown_here(server: dict, client: Client) -> None:
     data = [
         [i + 1, f"{word} ticket number {i}", "", "bug", 0.5, label]
         for i, (word, label) in enumerate([("refund", "billing"), ("crash", "bug")] * 12)
     ]
     table = {"headers": TABLE_COLUMNS, "data": data, "metadata": None}
-    note, adapter = client.predict(table, "from corrections", 0.5, api_name="/finetune_from_corrections")
+    note, run_id, status = client.predict(table, "from corrections", 0.5, api_name="/finetune_from_corrections")
     engine = server["engine"]
     try:
-        assert "Started run" in note and "Fine-tune" in note and adapter == "from-corrections"
-        assert engine.jobs.active() is not None
+        assert "Started run" in note and "Fine-tune" in note and run_id.endswith("-from-corrections")
+        # The run's progress is shown in the Classify tab itself: a status badge and a bar, no emoji.
+        assert run_id in status and "df-bar" in status and "df-badge" in status
+        assert not any(ord(ch) > 0x2FFF for ch in status + note)
+        assert engine.training.active() is not None
         saved = list((server["home"] / "uploads").glob("corrections-from-corrections-*.csv"))
         assert len(saved) == 1
         lines = saved[0].read_text(encoding="utf-8").splitlines()
         assert lines[:2] == ["text,label", "refund ticket number 0,billing"] and len(lines) == 25
         with pytest.raises(AppError, match="already in progress"):
             client.predict(table, "second", 0.5, api_name="/finetune_from_corrections")
+        seen = client.predict("", api_name="/training_status")
+        assert seen["run_id"] == run_id  # the run the Fine-tune tab follows
     finally:
         client.predict(api_name="/stop_training")  # keep the test short: the run itself is tested elsewhere
         deadline = time.monotonic() + 60
-        while engine.jobs.active() is not None and time.monotonic() < deadline:
+        while engine.training.active() is not None and time.monotonic() < deadline:
             time.sleep(0.5)
-    assert engine.jobs.active() is None
+    assert engine.training.active() is None
+    with pytest.raises(AppError, match="no usable characters"):  # a user error, not 'something went wrong'
+        client.predict(table, "///", 0.5, api_name="/finetune_from_corrections")

@@ -19,15 +19,23 @@ from tests.helpers import isolated_home, serve
 pytestmark = pytest.mark.ui
 
 CHAT = "Chat (SFT)"
-# (task, base, columns, adapter name, budget minutes, epochs, lr, max_length, batch, grad_accum, r, alpha, dropout,
-#  eval fraction, schedule, seed)
-FAST = (CHAT, None, "", None, 0, 40.0, 5e-3, 64, 4, 1, 8, 16, 0.0, 0.1, "cosine", 0)
+# /start_training takes its settings by name (the rest keep the tab's defaults).
+FAST = {
+    "task": CHAT,
+    "time_budget_minutes": 0,
+    "epochs": 40.0,
+    "lr": 5e-3,
+    "max_length": 64,
+    "batch_size": 4,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "seed": 0,
+}
 
 
-def _settings(base: str, name: str, epochs: float = 40.0) -> tuple:
-    s = list(FAST)
-    s[1], s[3], s[5] = base, name, epochs
-    return tuple(s)
+def _settings(base: str, name: str, epochs: float = 40.0) -> dict:
+    return {**FAST, "base_model": base, "adapter_name": name, "epochs": epochs}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +54,24 @@ def server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     bad = home / "bad.csv"
     bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
+    markup = home / "markup.csv"
+    markup.write_text(
+        'text,label\n"<svg id=""pwn"" onload=""alert(1)""></svg> good",a\n"**bold** [link](http://x.io)",b\n'
+        + "".join(f"w{i} good,{'ab'[i % 2]}\n" for i in range(10)),
+        encoding="utf-8",
+    )
     base = str(tiny_models["llama"])
     config = AppConfig(model=base)
     with isolated_home(home), serve(Engine(config), config) as url:
-        yield {"url": url, "base": base, "data": data, "bad": bad, "home": home}
+        yield {
+            "url": url,
+            "base": base,
+            "bert": str(tiny_models["bert"]),
+            "data": data,
+            "bad": bad,
+            "markup": markup,
+            "home": home,
+        }
 
 
 def _wait(client: Client, until: set[str], timeout: float = 180, min_step: int = 0) -> dict:
@@ -62,15 +84,33 @@ def _wait(client: Client, until: set[str], timeout: float = 180, min_step: int =
     raise AssertionError(f"run did not reach {until} (step >= {min_step}) in {timeout}s: {st}")
 
 
-def test_bad_upload_gets_the_reports_error_not_a_traceback(server: dict) -> None:
+def test_bad_upload_gets_the_reports_error_and_start_is_refused(server: dict) -> None:
     client = Client(server["url"], verbose=False)
     _, report, preview = client.predict(
         handle_file(str(server["bad"])), CHAT, server["base"], "", 64, api_name="/upload_data"
     )
     assert "cannot be used" in report and "Traceback" not in report
     assert "foo" in report and "bar" in report  # says which columns it found
+    assert str(server["home"]) not in report  # no server path
+    # The refused file never reaches a worker: start says why, and no run folder appears.
+    with pytest.raises(AppError, match="This file cannot be used"):
+        client.predict(**_settings(server["base"], "refused"), api_name="/start_training")
+    runs = server["home"] / "runs"
+    assert not runs.exists() or not list(runs.glob("*-refused"))
     with pytest.raises(AppError, match="Pick a sample dataset or upload a file first"):
-        Client(server["url"], verbose=False).predict(*_settings(server["base"], "x"), api_name="/start_training")
+        Client(server["url"], verbose=False).predict(**_settings(server["base"], "x"), api_name="/start_training")
+
+
+def test_uploaded_markup_is_escaped_in_the_report_and_preview(server: dict) -> None:
+    client = Client(server["url"], verbose=False)
+    _, report, preview = client.predict(
+        handle_file(str(server["markup"])), "Classification", server["bert"], "", 64, api_name="/upload_data"
+    )
+    assert "12 kept" in report
+    assert "<svg" not in report and "<svg" not in preview  # shown as text, never as live markup
+    assert "&lt;svg" in report and "&lt;svg" in preview
+    assert "**bold**" not in report and "\\*\\*bold\\*\\*" in report  # no Markdown from user text
+    assert "[link](http" not in report
 
 
 def test_upload_report_train_adapter_appears_and_chats(server: dict) -> None:
@@ -79,8 +119,11 @@ def test_upload_report_train_adapter_appears_and_chats(server: dict) -> None:
         handle_file(str(server["data"])), CHAT, server["base"], "", 64, api_name="/upload_data"
     )
     assert "40 kept" in report
-    assert len(preview["data"]) == 20  # the preview table shows the first rows
-    client.predict(*_settings(server["base"], "toy-adapter"), api_name="/start_training")
+    # The preview shows the first 20 rows, chat turns as a conversation (not Python's [{'role': ...}] text).
+    assert preview.count("df-turn-user") == 20 and preview.count("df-turn-assistant") == 20
+    assert "'role'" not in preview and "w1 w2 good" in preview
+    started = client.predict(**_settings(server["base"], "toy-adapter"), api_name="/start_training")
+    assert "toy-adapter" in started and "starting" in started  # the run's status, until the page's timer takes over
     st = _wait(client, {"finished", "failed", "stopped", "time_budget"})
     assert st["status"] == "finished", st
     assert st["adapter_name"] == "toy-adapter"
@@ -101,13 +144,25 @@ def test_upload_report_train_adapter_appears_and_chats(server: dict) -> None:
     assert "toy-adapter/adapter_model.safetensors" in names and "toy-adapter/adapter_card.json" in names
 
 
+def test_positional_start_still_works_and_a_crash_shows_no_server_path(server: dict) -> None:
+    # A base model that is not there: the worker fails; the error names the run's log relative to the home.
+    client = Client(server["url"], verbose=False)
+    client.predict(handle_file(str(server["data"])), CHAT, server["base"], "", 64, api_name="/upload_data")
+    missing = str(server["home"] / "no-such-model")
+    values = (CHAT, missing, "", "crash", 0, 1.0, 5e-3, 64, 4, 1, 8, 16, 0.0, 0.1, "cosine", 0)
+    client.predict(*values, api_name="/start_training")  # positional, in the tab's order
+    st = _wait(client, {"failed", "finished"}, timeout=120)
+    assert st["run_id"].endswith("-crash") and st["status"] == "failed", st
+    assert st["error"] and str(server["home"]) not in st["error"], st["error"]
+
+
 def test_second_start_refused_stop_resume_and_reattach(server: dict) -> None:
     client = Client(server["url"], verbose=False)
     client.predict(handle_file(str(server["data"])), CHAT, server["base"], "", 64, api_name="/upload_data")
-    client.predict(*_settings(server["base"], "long-run", epochs=1000.0), api_name="/start_training")
+    client.predict(**_settings(server["base"], "long-run", epochs=1000.0), api_name="/start_training")
     first = _wait(client, {"running"}, min_step=3)
-    with pytest.raises(AppError, match="A run is in progress"):
-        client.predict(*_settings(server["base"], "other"), api_name="/start_training")
+    with pytest.raises(AppError, match="already in progress"):
+        client.predict(**_settings(server["base"], "other"), api_name="/start_training")
 
     # A fresh client (a reopened page, another browser) finds the same live run.
     other = Client(server["url"], verbose=False)
@@ -118,6 +173,8 @@ def test_second_start_refused_stop_resume_and_reattach(server: dict) -> None:
     stopped = _wait(client, {"stopped", "failed"}, timeout=120)
     assert stopped["status"] == "stopped", stopped
     assert not (server["home"] / "adapters" / "long-run").exists()  # no adapter that looks finished
+    with pytest.raises(AppError, match="No run is in progress"):
+        other.predict(api_name="/stop_training")
 
     client.predict(first["run_id"], api_name="/resume_training")
     resumed = _wait(client, {"running"}, min_step=stopped["step"] + 2)
