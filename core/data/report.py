@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,37 +50,6 @@ class DataReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (for the adapter card and the UI)."""
         return {**asdict(self), "rows_dropped": self.rows_dropped}
-
-    def to_markdown(self, max_labels: int = 20) -> str:
-        """A short Markdown report: summary, token lengths, warnings, drops, labels, samples."""
-        cols = ", ".join(f"{role} ← `{col}`" for role, col in self.columns.items())
-        out = [
-            f"### Data report: `{self.source}`",
-            f"- **Task**: {self.task} (schema `{self.schema}`, format {self.format})",
-            f"- **Columns**: {cols}",
-            f"- **Rows**: {self.rows_read} read, **{self.rows_kept} kept**, {self.rows_dropped} dropped",
-        ]
-        if self.token_lengths:
-            t = self.token_lengths
-            limit = f"; max_length {self.max_length}: {t['over_max_length']} over" if self.max_length else ""
-            out.append(f"- **Tokens per row**: p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}{limit}")
-        if self.max_length is not None and self.too_long_policy:
-            done = f" ({self.truncated} rows)" if self.too_long_policy == "truncated" else ""
-            out.append(f"- Rows over {self.max_length} tokens are **{self.too_long_policy}**{done}")
-        out += [f"\n> ⚠️ {w}" for w in self.warnings]
-        if self.dropped:
-            out += ["", "| dropped because | rows | e.g. |", "|---|---:|---|"]
-            out += [f"| {r} | {n} | {', '.join(self.dropped_where.get(r, []))} |" for r, n in self.dropped.items()]
-        if self.label_counts:
-            items = list(self.label_counts.items())
-            out += ["", f"| label ({len(items)} classes) | rows |", "|---|---:|"]
-            out += [f"| {_cell(k)} | {v} |" for k, v in items[:max_labels]]
-            if len(items) > max_labels:
-                out.append(f"| … {len(items) - max_labels} more (smallest: {_cell(items[-1][0])}) | {items[-1][1]} |")
-        if self.samples:
-            out += ["", "**Sample rows**", ""]
-            out += [f"- `{_cell(json.dumps(s, ensure_ascii=False), 200)}`" for s in self.samples]
-        return "\n".join(out)
 
 
 def label_warnings(report: DataReport) -> None:

@@ -48,27 +48,6 @@ class RunProgress:
     def alive(self) -> bool:
         return self.status in ("starting", "running")
 
-    def headline(self) -> str:
-        """One Markdown line: status, step/total, ETA, speed."""
-        icon = {"finished": "✅", "time_budget": "✅", "stopped": "⏸", "failed": "❌"}.get(self.status, "⏳")
-        parts = [f"{icon} **{self.status.replace('_', ' ')}**", f"run `{self.run_id}`"]
-        if self.total_steps:
-            parts.append(f"step {self.step}/{self.total_steps}")
-        if self.alive and self.phase:
-            parts.append({"final_eval": "final evaluation", "saving": "saving the adapter"}.get(self.phase, self.phase))
-        if self.alive and self.eta_s is not None:
-            parts.append(f"ETA {_duration(self.eta_s)}")
-        if self.tokens_per_s:
-            parts.append(f"{self.tokens_per_s:,.0f} tokens/s")
-        if self.elapsed_s is not None:
-            parts.append(f"elapsed {_duration(self.elapsed_s)}")
-        return " · ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
 
 class ProgressReader:
     """Follows one run's ``events.jsonl`` from where it last stopped: each refresh parses only the new lines.

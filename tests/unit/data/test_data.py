@@ -327,8 +327,10 @@ def test_report_on_generated_300_row_csv(tmp_path: Path, tok: Any, corpus: list[
     assert r.token_lengths["p50"] <= r.token_lengths["p90"] <= r.token_lengths["max"]
     assert r.truncated == r.token_lengths["over_max_length"] > 0
     assert json.loads(json.dumps(r.to_dict()))["rows_dropped"] == 6
-    md = r.to_markdown()
-    assert "294 kept" in md and "| empty | 6 | line 2 (sentence)" in md and "| billing | 98 |" in md
+    from demo.render import data_report_markdown
+
+    md = data_report_markdown(r)
+    assert "294 kept" in md and "| empty | 6 | line 2 " in md and "| billing | 98 |" in md
     assert len(r.samples) == 3 and len(r.fingerprint) == 12
 
 
