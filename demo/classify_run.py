@@ -16,7 +16,6 @@ from core.config import TrainConfig
 from demo import render
 from demo.errors import shows_errors
 from demo.finetune_run import adapter_folder_name
-from demo.scratch import home, scratch_dir
 
 if TYPE_CHECKING:
     from core.classify.scoring import BatchResult, Metrics
@@ -34,7 +33,7 @@ NO_LABEL = "(none)"
 TABLE_COLUMNS = ["row", "text", "true_label", "predicted_label", "confidence", "corrected_label"]
 TABLE_ROWS = 1000
 """Rows shown in the editable table (and so available for corrections); the CSV download has every row."""
-SCORED_PREFIX = "demoforge-scored-"
+SCORED_PREFIX = "demoforge-scored"
 CONFUSION_CORNER = "true ↓ / predicted →"
 LADDER_HINT = "press Compare on this file (the adapter is picked above)."
 
@@ -177,7 +176,7 @@ def score_file(
     result = engine.classify.score_file(
         file, text_col, label_col, labels, method, adapter or None, lambda f: progress(f, desc="Scoring rows")
     )
-    out = scratch_dir(SCORED_PREFIX) / f"{Path(file).stem[:60] or 'scored'}-scored.csv"
+    out = engine.scratch_dir(SCORED_PREFIX) / f"{Path(file).stem[:60] or 'scored'}-scored.csv"
     engine.classify.write_csv(result, out)
     payload = {"table": table_frame(result, str(text_col), label_col), "confusion": result.metrics}
     head = f"Scored {len(result.rows)} rows" + ("." if result.metrics else " (no label column, so no metrics).")
@@ -221,7 +220,7 @@ def finetune_from_corrections(
         f"{float(minutes):g} min. Its progress shows below (and in the **Fine-tune** tab); when the adapter is "
         "ready it is picked here: then press **Compare on this file**."
     )
-    return note, run_id, render.run_status_html(engine.training.progress(run_id), home(), LADDER_HINT)
+    return note, run_id, render.run_status_html(engine.training.progress(run_id), engine.home, LADDER_HINT)
 
 
 @shows_errors("following the fine-tuning run", duration=10)
@@ -231,7 +230,7 @@ def follow_corrections_run(engine: Engine, run_id: str | None) -> tuple[Any, Any
     if not run_id:
         return gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip()
     p = engine.training.progress(run_id)
-    status = render.run_status_html(p, home(), LADDER_HINT)
+    status = render.run_status_html(p, engine.home, LADDER_HINT)
     if p.alive:
         return status, gr.skip(), gr.skip(), gr.skip()
     if p.status in ("finished", "time_budget"):

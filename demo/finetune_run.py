@@ -18,7 +18,6 @@ from core.config import TASK_DEFAULTS, ConfigError, LoraSettings, TrainConfig
 from core.errors import DataError
 from demo import render
 from demo.errors import shows_errors, to_gr_error
-from demo.scratch import home
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -132,7 +131,7 @@ def validate_data(
         )
         table = engine.training.table(path)
     except (DataError, ConfigError) as exc:
-        return render.refused_markdown(str(exc), home()), "", str(exc)
+        return render.refused_markdown(str(exc), engine.home), "", str(exc)
     except Exception as exc:
         raise to_gr_error(exc, "validating the data") from exc
     return (
@@ -190,13 +189,13 @@ def start_training(engine: Engine, data_path: str | None, refused: str | None, *
         raise gr.Error("Pick a sample dataset or upload a file first.", duration=6)
     if refused:
         raise gr.Error(
-            f"This file cannot be used: {render.relative_paths(refused, home())} Fix it (or the column mapping) "
+            f"This file cannot be used: {render.relative_paths(refused, engine.home)} Fix it (or the column mapping) "
             "and try again.",
             duration=10,
         )
     config = TrainSettings.from_widgets(**widgets).to_config(data_path)
     run_id = engine.training.start(config)
-    started = render.run_status_html(engine.training.progress(run_id), home())
+    started = render.run_status_html(engine.training.progress(run_id), engine.home)
     return run_id, started
 
 
@@ -214,7 +213,7 @@ def resume_training(engine: Engine, run_id: str | None) -> tuple[str, str]:
     if not run_id:
         raise gr.Error("Pick a stopped run to resume.", duration=5)
     rid = engine.training.resume(run_id)
-    return rid, render.run_status_html(engine.training.progress(rid), home())
+    return rid, render.run_status_html(engine.training.progress(rid), engine.home)
 
 
 @shows_errors("listing the runs")
@@ -247,8 +246,8 @@ def refresh_run(engine: Engine, run_id: str | None, newest_seen: str | None, sho
     key = f"{rid}|{p.status}|{p.step}|{len(p.loss_points)}"
     if not p.alive and key == shown:
         return rid, newest, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    log_tail = render.relative_paths(p.log_tail, home())
-    status = render.run_status_html(p, home(), READY_HINT)
+    log_tail = render.relative_paths(p.log_tail, engine.home)
+    status = render.run_status_html(p, engine.home, READY_HINT)
     return rid, newest, key, status, render.loss_frame(p.loss_points), log_tail, p.status
 
 
@@ -256,7 +255,7 @@ def training_status(engine: Engine, run_id: str = "") -> dict[str, Any]:
     """A run's progress as plain JSON (the live or newest run when ``run_id`` is empty); paths made relative."""
     status = engine.training.status_json(run_id)
     if status.get("error"):
-        status["error"] = render.relative_paths(status["error"], home())
+        status["error"] = render.relative_paths(status["error"], engine.home)
     if status.get("run_id"):
         status.setdefault("phase", render.run_phase(engine.training.progress(status["run_id"])))
     return status

@@ -3,9 +3,7 @@ typed loss frame, and the scratch folders of scored files."""
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +12,6 @@ import pytest
 from core.data import DataReport
 from core.train.progress import RunProgress
 from demo import render
-from demo.scratch import clean_old
 
 EMOJI = re.compile("[\u2600-\u27bf\U0001f000-\U0001faff]")
 
@@ -114,14 +111,3 @@ def test_loss_frame_is_typed_and_names_both_series() -> None:
     train = frame[frame["series"] == "train loss"]
     assert list(train["loss"]) == [2.35, 0.0123]  # 3 significant digits
     assert frame[frame["series"] == "eval loss"]["loss"].isna().all()
-
-
-def test_clean_old_removes_only_old_folders_of_the_prefix(tmp_path: Path) -> None:
-    old, new, other = tmp_path / "demoforge-scored-a", tmp_path / "demoforge-scored-b", tmp_path / "keep-me"
-    for d in (old, new, other):
-        d.mkdir()
-    past = time.time() - 3600
-    for d in (old, other):
-        os.utime(d, (past, past))
-    assert clean_old(tmp_path, "demoforge-scored-", 600) == 1
-    assert not old.exists() and new.exists() and other.exists()
