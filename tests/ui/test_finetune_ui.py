@@ -144,16 +144,18 @@ def test_upload_report_train_adapter_appears_and_chats(server: dict) -> None:
     assert "toy-adapter/adapter_model.safetensors" in names and "toy-adapter/adapter_card.json" in names
 
 
-def test_positional_start_still_works_and_a_crash_shows_no_server_path(server: dict) -> None:
-    # A base model that is not there: the worker fails; the error names the run's log relative to the home.
+def test_positional_start_still_works_and_a_missing_base_is_refused_at_start(server: dict) -> None:
+    # Positional arguments in the tab's order still reach the handler: the base model (2nd) is checked before any
+    # worker starts, so a base that is not there is refused at once and no run folder appears.
     client = Client(server["url"], verbose=False)
     client.predict(handle_file(str(server["data"])), CHAT, server["base"], "", 64, api_name="/upload_data")
+    runs_before = set((server["home"] / "runs").glob("*")) if (server["home"] / "runs").is_dir() else set()
     missing = str(server["home"] / "no-such-model")
     values = (CHAT, missing, "", "crash", 0, 1.0, 5e-3, 64, 4, 1, 8, 16, 0.0, 0.1, "cosine", 0)
-    client.predict(*values, api_name="/start_training")  # positional, in the tab's order
-    st = _wait(client, {"failed", "finished"}, timeout=120)
-    assert st["run_id"].endswith("-crash") and st["status"] == "failed", st
-    assert st["error"] and str(server["home"]) not in st["error"], st["error"]
+    with pytest.raises(AppError, match="neither an existing folder nor a Hub id"):
+        client.predict(*values, api_name="/start_training")  # positional, in the tab's order
+    runs_after = set((server["home"] / "runs").glob("*")) if (server["home"] / "runs").is_dir() else set()
+    assert {p.name for p in runs_after - runs_before if not p.name.startswith(".")} == set()
 
 
 def test_second_start_refused_stop_resume_and_reattach(server: dict) -> None:
