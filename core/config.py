@@ -212,18 +212,20 @@ class TrainConfig:
     """Folder for events, logs and checkpoints; None makes ``runs/<timestamp>-<name>/`` under the home."""
     resume_from: str | None = None
     """A run folder with a checkpoint to continue from (same as ``--resume``)."""
-    max_length: int = 256
-    """Longest tokenised example; for sft also the length of a packed row."""
-    epochs: float = 3.0
-    """Passes over the training data (ignored when max_steps is set)."""
+    max_length: int | None = None
+    """Longest tokenised example; for sft also the length of a packed row. None: the task's default
+    (:data:`TASK_DEFAULTS`)."""
+    epochs: float | None = None
+    """Passes over the training data (ignored when max_steps is set). None: the task's default."""
     max_steps: int | None = None
     """Exact number of optimizer steps; overrides epochs."""
     time_budget_minutes: float | None = None
     """Stop after at most this many minutes: total steps are planned from a measured warm-up step."""
-    lr: float = 2e-4
-    """Peak learning rate (AdamW) after warm-up."""
-    batch_size: int = 8
-    """Micro-batch per process: packed rows of up to max_length tokens for sft, examples for classification."""
+    lr: float | None = None
+    """Peak learning rate (AdamW) after warm-up. None: the task's default."""
+    batch_size: int | None = None
+    """Micro-batch per process: packed rows of up to max_length tokens for sft, examples for classification.
+    None: the task's default."""
     batch_tokens: int | None = None
     """sft only: micro-batch size in tokens instead of rows (rounded down to whole rows of max_length)."""
     grad_accum: int = 1
@@ -256,6 +258,9 @@ class TrainConfig:
             self.lora = LoraSettings(**_known_keys(LoraSettings, self.lora, Path("lora")))
         if self.task not in ("sft", "classification"):
             raise ConfigError(f"task={self.task!r}: use 'sft' (chat fine-tuning) or 'classification'.")
+        for name, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, name) is None:  # not given: the task's default, so the CLI, tab and bench agree
+                setattr(self, name, value)
         if not str(self.data_path).strip():
             raise ConfigError("data_path must name a CSV, TSV, JSON or JSONL file.")
         if not str(self.adapter_name).strip():

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.classify.classifiers import SentenceEncoder, ZeroShotEmbeddingClassifier
 from core.classify.explain import explain
 from core.classify.scoring import score_table, write_csv
+from core.classify.zero_shot import SentenceEncoder, ZeroShotEmbeddingClassifier
 
 pytestmark = pytest.mark.integration
 
