@@ -230,19 +230,13 @@ def bench_zero_shot(name: str, rows: list[dict], labels: list, encoder: object, 
 def bench_zero_shot_all(splits: dict[str, dict[str, list[dict]]], encoder: object) -> list[dict]:
     """(b) on each held-out split: the default method and the previous one (one template, no expansion)."""
     previous = {"template": "This text is about {label}.", "expand": 0}
-    names = {k: sorted({r["label"] for r in v["train"] + v["test"]}) for k, v in splits.items()}
     out = []
-    for variant, kwargs in (("default", {}), ("previous", previous)):
-        out.append(
-            {"variant": variant, **bench_zero_shot("sst2", splits["sst2"]["test"], names["sst2"], encoder, **kwargs)}
-        )
-        out.append(
-            {
-                "variant": variant,
-                **bench_zero_shot("banking77", splits["banking77"]["test"], names["banking77"], encoder, **kwargs),
-            }
-        )
-    out.append({"variant": "descriptions", **bench_zero_shot("sst2", splits["sst2"]["test"], SST2_LABELS, encoder)})
+    for name, split in splits.items():
+        names = sorted({r["label"] for r in split["train"] + split["test"]})
+        for variant, kwargs in (("default", {}), ("previous", previous)):
+            out.append({"variant": variant, **bench_zero_shot(name, split["test"], names, encoder, **kwargs)})
+        if name == "sst2":
+            out.append({"variant": "descriptions", **bench_zero_shot(name, split["test"], SST2_LABELS, encoder)})
     return out
 
 
@@ -297,9 +291,14 @@ def bench_calibration(encoder: object) -> dict:
 
 
 def bench_finetuned_accuracy(
-    splits: dict[str, dict[str, list[dict]]], minutes: dict[str, float], steps: int | None, zero: list[dict]
+    splits: dict[str, dict[str, list[dict]]],
+    minutes: dict[str, float],
+    steps: int | None,
+    zero: list[dict],
+    full_finetune: bool = False,
 ) -> list[dict]:
-    """(e) fine-tune MiniLM with the task defaults (LoRA) on each train split, score the held-out split."""
+    """(e) fine-tune MiniLM with the task defaults (LoRA, or every weight) on each train split, score the held-out
+    split."""
     import csv
     import tempfile
 
@@ -327,6 +326,7 @@ def bench_finetuned_accuracy(
             base_model="minilm",
             time_budget_minutes=None if steps else minutes[name],
             max_steps=steps,
+            full_finetune=full_finetune,
             seed=SEED,
         )
         t = time.perf_counter()
@@ -341,6 +341,7 @@ def bench_finetuned_accuracy(
         results.append(
             {
                 "dataset": name,
+                "method": "full" if full_finetune else "LoRA",
                 "train_rows": len(split["train"]),
                 "held_out_rows": m.n,
                 "budget_min": None if steps else minutes[name],
@@ -371,6 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--ft-minutes", type=float, default=5.0, help="SST-2's training budget; Banking77 gets twice this (issue 8)"
     )
     parser.add_argument("--ft-steps", type=int, default=None, help="train exactly N steps instead of a time budget")
+    parser.add_argument("--full-finetune", action="store_true", help="train every weight instead of LoRA")
+    parser.add_argument("--datasets", default="sst2,banking77", help="comma-separated subset of: sst2, banking77")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads for the whole run (default: torch's choice)"
     )
@@ -408,13 +411,16 @@ def main(argv: list[str] | None = None) -> dict:
         if "throughput" in parts:
             out["throughput"] = bench_throughput([str(r["text"]) for r in held_out(data_dir / "sst2_train.tsv", 1000)])
         if parts & {"zero_shot", "finetuned"}:
-            splits = {"sst2": sst2_splits(data_dir), "banking77": banking77_splits(data_dir)}
+            makers = {"sst2": sst2_splits, "banking77": banking77_splits}
+            splits = {k: makers[k](data_dir) for k in args.datasets.split(",")}
             out["splits"] = {k: {p: len(v[p]) for p in ("test", "dev", "train")} for k, v in splits.items()}
             if "zero_shot" in parts:
                 out["zero_shot"] = bench_zero_shot_all(splits, encoder)
             if "finetuned" in parts:
                 minutes = {"sst2": args.ft_minutes, "banking77": 2 * args.ft_minutes}
-                out["finetuned"] = bench_finetuned_accuracy(splits, minutes, args.ft_steps, out.get("zero_shot", []))
+                out["finetuned"] = bench_finetuned_accuracy(
+                    splits, minutes, args.ft_steps, out.get("zero_shot", []), args.full_finetune
+                )
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _print_markdown(out)
     print(json.dumps(out))
@@ -453,7 +459,7 @@ def _print_markdown(out: dict) -> None:
         plan = f"{f['budget_min']:g}-min budget" if f["budget_min"] else "fixed steps"
         speed = f["steps"] / f["train_seconds"] if f.get("train_seconds") else float("nan")
         lines.append(
-            f"| fine-tuned {f['dataset']} (LoRA MiniLM, {plan}, {f['steps']} steps at {speed:.2f} steps/s, lr "
+            f"| fine-tuned {f['dataset']} ({f['method']} MiniLM, {plan}, {f['steps']} steps at {speed:.2f} steps/s, lr "
             f"{f['lr']:g}, batch {f['batch_size']}, on {f['train_rows']} rows; {f['held_out_rows']} held-out) | acc "
             f"{f['accuracy']}, macro-F1 {f['macro_f1']}; zero-shot {f['zero_shot_accuracy']}, ratio "
             f"{f['ratio_vs_zero_shot']}x |"
