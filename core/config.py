@@ -162,7 +162,8 @@ change within a few minutes on 2 CPU cores (many small optimizer steps; epochs i
 budget cuts)."""
 
 FULL_FINETUNE_LR = 1e-4
-"""lr for ``full_finetune`` when none is given (measured on MiniLM/SST-2; see the issue 8 report)."""
+"""lr for ``full_finetune`` when none is given: every pretrained weight moves, so LoRA's 1e-3 is far too high (the
+usual BERT fine-tuning range is 2e-5..1e-4; the top of it, for short time budgets)."""
 
 
 @dataclass
@@ -254,9 +255,10 @@ class TrainConfig:
     qlora: bool = False
     """Load the base in 4-bit (bitsandbytes); needs a CUDA GPU."""
     full_finetune: bool = False
-    """classification only: train every weight of the encoder (saved in the adapter folder, ~90 MB for MiniLM),
-    not a LoRA update. On MiniLM it learned faster per step than LoRA (issue 8 measurements in the report);
-    use a lower lr (:data:`FULL_FINETUNE_LR` when lr is not given)."""
+    """classification only: train every weight of the encoder (peft ``modules_to_save``, saved in the adapter folder:
+    ~90 MB for MiniLM) instead of a LoRA update. Measured with the bench at 150 steps of batch 16 on held-out rows:
+    Banking77 0.40 vs LoRA's 0.20 accuracy, SST-2 sentences 0.82 vs 0.82, at ~0.7x LoRA's steps/s. Without lr
+    given it uses :data:`FULL_FINETUNE_LR`."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """The adapter's shape."""
 
