@@ -1,7 +1,11 @@
 """Zero-shot classification by sentence embeddings: a sentence-transformers style encoder (MiniLM by default),
 label vectors from prompt ensembles and vocabulary expansion, softmax over cosines with a calibrated temperature.
 
-Measured in ``tests/bench/bench_classify.py`` (dev slices chose the settings; held-out rows report them).
+Measured in ``tests/bench/bench_classify.py`` (dev slices chose the settings; held-out rows report them): with bare
+label names, 1,000 held-out SST-2 sentences 0.692 accuracy (one template, no expansion: 0.665; with one-line
+descriptions: 0.721) and Banking77 0.619 (0.615). Centring on a reference set, content-free calibration, chunking
+long texts, token-level matching and removing top principal components were tried on the dev slices and gained
+nothing; MiniLM's mean-pooled embeddings carry topic far more than polarity, so sentiment stays hard zero-shot.
 """
 
 from __future__ import annotations
