@@ -137,6 +137,10 @@ TASK_DEFAULTS: dict[str, dict[str, float | int]] = {
 change within a few minutes on 2 CPU cores (many small optimizer steps; epochs is an upper bound that a time
 budget cuts)."""
 
+FULL_FINETUNE_LR = 1e-4
+"""lr for ``full_finetune`` when none is given: every pretrained weight moves, so LoRA's 1e-3 is far too high (the
+usual BERT fine-tuning range is 2e-5..1e-4; the top of it, for short time budgets)."""
+
 
 @dataclass
 class LoraSettings:
@@ -191,18 +195,20 @@ class TrainConfig:
     """Folder for events, logs and checkpoints; None makes ``runs/<timestamp>-<name>/`` under the home."""
     resume_from: str | None = None
     """A run folder with a checkpoint to continue from (same as ``--resume``)."""
-    max_length: int = 256
-    """Longest tokenised example; for sft also the length of a packed row."""
-    epochs: float = 3.0
-    """Passes over the training data (ignored when max_steps is set)."""
+    max_length: int | None = None
+    """Longest tokenised example; for sft also the length of a packed row. None: the task's default
+    (:data:`TASK_DEFAULTS`)."""
+    epochs: float | None = None
+    """Passes over the training data (ignored when max_steps is set). None: the task's default."""
     max_steps: int | None = None
     """Exact number of optimizer steps; overrides epochs."""
     time_budget_minutes: float | None = None
     """Stop after at most this many minutes: total steps are planned from a measured warm-up step."""
-    lr: float = 2e-4
-    """Peak learning rate (AdamW) after warm-up."""
-    batch_size: int = 8
-    """Micro-batch per process: packed rows of up to max_length tokens for sft, examples for classification."""
+    lr: float | None = None
+    """Peak learning rate (AdamW) after warm-up. None: the task's default."""
+    batch_size: int | None = None
+    """Micro-batch per process: packed rows of up to max_length tokens for sft, examples for classification.
+    None: the task's default."""
     batch_tokens: int | None = None
     """sft only: micro-batch size in tokens instead of rows (rounded down to whole rows of max_length)."""
     grad_accum: int = 1
@@ -227,6 +233,11 @@ class TrainConfig:
     """'auto': bf16 autocast on CUDA and on CPUs with native bf16, else fp32. Master weights stay fp32."""
     qlora: bool = False
     """Load the base in 4-bit (bitsandbytes); needs a CUDA GPU."""
+    full_finetune: bool = False
+    """classification only: train every weight of the encoder (peft ``modules_to_save``, saved in the adapter folder:
+    ~90 MB for MiniLM) instead of a LoRA update. Measured with the bench (batch 16, held-out rows): Banking77 after
+    150 steps 0.40 vs LoRA's 0.20 accuracy; SST-2 sentences after 150 steps 0.82 vs 0.82, after 600 steps 0.862 vs
+    0.845; at ~0.6-0.75x LoRA's steps/s. Without lr given it uses :data:`FULL_FINETUNE_LR`."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """The adapter's shape."""
 
@@ -235,6 +246,15 @@ class TrainConfig:
             self.lora = LoraSettings(**_known_keys(LoraSettings, self.lora, Path("lora")))
         if self.task not in ("sft", "classification"):
             raise ConfigError(f"task={self.task!r}: use 'sft' (chat fine-tuning) or 'classification'.")
+        if self.full_finetune and self.task != "classification":
+            raise ConfigError("full_finetune applies to classification only; sft trains a LoRA adapter.")
+        if self.full_finetune and self.qlora:
+            raise ConfigError("full_finetune and qlora exclude each other: a 4-bit base cannot be trained in full.")
+        if self.full_finetune and self.lr is None:
+            self.lr = FULL_FINETUNE_LR  # every weight moves: LoRA's 1e-3 would wreck the pretrained encoder
+        for name, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, name) is None:  # not given: the task's default, so the CLI, tab and bench agree
+                setattr(self, name, value)
         if not str(self.data_path).strip():
             raise ConfigError("data_path must name a CSV, TSV, JSON or JSONL file.")
         if not str(self.adapter_name).strip():

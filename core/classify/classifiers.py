@@ -1,9 +1,10 @@
-"""Text classifiers behind one interface: zero-shot by sentence embeddings, and fine-tuned LoRA adapters.
+"""Text classifiers behind one interface, the batched fast path, and fine-tuned LoRA adapters.
 
-The chat-model zero-shot classifier lives in :mod:`core.classify_chat`. Every classifier maps
+Zero-shot by sentence embeddings lives in :mod:`core.classify.zero_shot`, by a chat model in
+:mod:`core.classify.chat_likelihood`. Every classifier maps
 ``texts -> (n, n_labels)`` probabilities with :meth:`BaseClassifier.predict_proba` and ``texts -> [Prediction]``
-with :meth:`BaseClassifier.predict`; explanations live in :mod:`core.explain`, batch scoring of tables in
-:mod:`core.scoring`.
+with :meth:`BaseClassifier.predict`; explanations live in :mod:`core.classify.explain`, batch scoring of tables in
+:mod:`core.classify.scoring`.
 
 Speed on CPU (measured in ``tests/bench/bench_classify.py``): texts are tokenised once, sorted by token length,
 batched and padded only to the longest text of each batch, then run under ``torch.inference_mode()``. On CPUs
@@ -24,21 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from core.errors import ClassifyError
-from core.models import ModelError, cpu_supports_bf16, embedded_encoder_path, pick_device, resolve_base
+from core.models import ModelError, cpu_supports_bf16, pick_device, resolve_base
 
 Progress = Callable[[float], None]
 DType = Literal["auto", "float32", "bfloat16"]
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_TEMPERATURE = 0.05
-"""Softmax temperature over cosines for :class:`ZeroShotEmbeddingClassifier`. ``tests/bench/bench_classify.py``
-fits it on a hand-written 40-sentence, 4-topic set (its ``calibration`` part; no shared data): the NLL-optimal T
-was 0.045 (fp32) / 0.04 (bf16) on a 0.01..0.3 grid, with NLL only ~3% above the optimum at 0.05. We keep the
-round, slightly softer 0.05: it is less over-confident on domains unlike the calibration set. MiniLM cosines of
-the right label sit ~0.1-0.3 above the wrong ones, so a 0.1 gap becomes e^2 = 7.4x odds."""
-DEFAULT_TEMPLATE = "This text is about {label}."
 
 
 @dataclass
@@ -97,16 +90,6 @@ def parse_labels(spec: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[
             )
         seen[name.lower()] = name
     return out
-
-
-def label_prompt(name: str, description: str, template: str = DEFAULT_TEMPLATE) -> str:
-    """The text a label is embedded as: its description, else the template filled with the name.
-
-    Underscores and dashes in names become spaces (``card_arrival`` -> ``card arrival``) so the encoder reads words.
-    """
-    if description:
-        return description
-    return template.format(label=name.replace("_", " ").replace("-", " ").strip())
 
 
 def is_blank(text: str | None) -> bool:
@@ -180,67 +163,6 @@ class BaseClassifier:
         return Prediction(self.labels[best], dict(zip(self.labels, row)), blank)
 
 
-# --- zero-shot: sentence embeddings ---------------------------------------------------------------------------------
-
-
-class SentenceEncoder:
-    """A sentence-transformers style encoder: BERT -> mean over real tokens -> L2 normalise.
-
-    all-MiniLM-L6-v2's ``modules.json`` is Transformer -> Pooling (``pooling_mode_mean_tokens``) -> Normalize,
-    with ``max_seq_length`` 256 in ``sentence_bert_config.json`` (BERT's positions would allow 512, but the
-    model was trained on shorter inputs); both are read from the folder when present.
-    """
-
-    def __init__(
-        self, model: Any, tokenizer: Any, max_length: int, name: str, batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> None:
-        self.model, self.tokenizer, self.max_length, self.name = model, tokenizer, max_length, name
-        self.batch_size = batch_size
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "auto", dtype: DType = "auto") -> SentenceEncoder:
-        """Load an encoder folder (default: the embedded all-MiniLM-L6-v2), safetensors only, no remote code."""
-        from transformers import AutoModel, AutoTokenizer
-
-        folder = Path(path) if path is not None else embedded_encoder_path()
-        if not any(folder.glob("*.safetensors")):
-            raise ModelError(f"{folder} has no *.safetensors weights; DemoForge loads safetensors only.")
-        pooling = folder / "1_Pooling" / "config.json"
-        if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", True):
-            raise ModelError(f"{folder} uses a pooling other than mean tokens; only mean pooling is implemented.")
-        dev = pick_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-        model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-        model = model.to(dev, pick_inference_dtype(dtype, dev)).eval()
-        return cls(model, tokenizer, _max_length(folder, model, tokenizer), folder.name if path else "all-MiniLM-L6-v2")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def embed(
-        self, texts: Sequence[str], progress: Progress | None = None, batch_size: int | None = None
-    ) -> torch.Tensor:
-        """(n, hidden) fp32 unit vectors, in input order; texts over ``max_length`` tokens are truncated."""
-        return _run_batched(self, list(texts), self._embed_batch, progress, batch_size or self.batch_size)
-
-    def _embed_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**batch).last_hidden_state.float()  # (batch, seq, hidden); pool in fp32
-        mask = batch["attention_mask"].unsqueeze(-1).float()  # (batch, seq, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, dim=-1)
-
-
-def _max_length(folder: Path, model: Any, tokenizer: Any) -> int:
-    limits = [int(getattr(model.config, "max_position_embeddings", 0) or 0) or 512]
-    st = folder / "sentence_bert_config.json"
-    if st.is_file():
-        limits.append(int(json.loads(st.read_text()).get("max_seq_length") or limits[0]))
-    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
-        limits.append(int(tokenizer.model_max_length))
-    return min(limits)
-
-
 def _run_batched(
     owner: Any,
     texts: list[str],
@@ -275,58 +197,6 @@ def pad_batch(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r, dtype=torch.long), 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-
-
-class ZeroShotEmbeddingClassifier(BaseClassifier):
-    """Zero-shot by cosine similarity between the text and each label's description (or templated name).
-
-    probability = softmax(cosine / temperature) over the labels.
-    """
-
-    def __init__(
-        self,
-        labels: str | Sequence[str] | Sequence[tuple[str, str]],
-        encoder: SentenceEncoder | None = None,
-        temperature: float = DEFAULT_TEMPERATURE,
-        template: str = DEFAULT_TEMPLATE,
-    ) -> None:
-        """Args:
-        labels: user-typed labels, see :func:`parse_labels`.
-        encoder: a loaded :class:`SentenceEncoder` (load once, reuse across label sets); default: MiniLM.
-        temperature: softmax temperature over cosines (> 0); see :data:`DEFAULT_TEMPERATURE`.
-        template: used for labels without a description; must contain ``{label}``.
-        """
-        if not temperature > 0:
-            raise ClassifyError(f"temperature must be > 0, got {temperature}.")
-        if "{label}" not in template:
-            raise ClassifyError(f"The template must contain '{{label}}', got {template!r}.")
-        self.label_specs = parse_labels(labels)
-        self.labels = [name for name, _ in self.label_specs]
-        self.encoder = encoder or SentenceEncoder.load()
-        self.temperature = temperature
-        self.prompts = [label_prompt(n, d, template) for n, d in self.label_specs]
-        self.label_vectors = self.encoder.embed(self.prompts)  # (n_labels, hidden)
-        self.batch_size = self.encoder.batch_size
-        self.method = f"zero-shot · cosine to label descriptions ({self.encoder.name}, T={temperature:g})"
-
-    def cosines(
-        self, texts: Sequence[str], progress: Progress | None = None, batch_size: int | None = None
-    ) -> torch.Tensor:
-        """(n, n_labels) cosine similarities (for calibration and inspection)."""
-        return self.encoder.embed(texts, progress, batch_size or self.batch_size) @ self.label_vectors.T
-
-    def _scores(self, texts: list[str], progress: Progress | None, batch_size: int) -> torch.Tensor:
-        return torch.softmax(self.cosines(texts, progress, batch_size) / self.temperature, dim=-1)
-
-
-def fit_temperature(
-    cosines: torch.Tensor, gold: Sequence[int], grid: Sequence[float] = tuple(i / 100 for i in range(1, 21))
-) -> tuple[float, float]:
-    """The grid temperature with the lowest mean NLL of ``gold`` under softmax(cosines / T); returns (T, NLL)."""
-    target = torch.tensor(list(gold))
-    scored = [(float(F.cross_entropy(cosines / t, target)), t) for t in grid]
-    nll, best = min(scored)
-    return best, nll
 
 
 # --- fine-tuned -----------------------------------------------------------------------------------------------------
@@ -449,3 +319,24 @@ class FineTunedClassifier(SequenceClassifier):
         )
         clf.card = card
         return clf
+
+
+_MOVED = {
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_TEMPLATE",
+    "DEFAULT_TEMPLATES",
+    "SentenceEncoder",
+    "ZeroShotEmbeddingClassifier",
+    "fit_temperature",
+    "label_prompt",
+    "label_prompts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The zero-shot names moved to :mod:`core.classify.zero_shot`; imported lazily (it imports this module)."""
+    if name in _MOVED:
+        from core.classify import zero_shot
+
+        return getattr(zero_shot, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

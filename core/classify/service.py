@@ -18,18 +18,18 @@ from typing import Literal
 
 from core import adapters, store
 from core import data as data_io
+from core.classify.advice import Comparison, comparison_advice
 from core.classify.classifiers import (
     BaseClassifier,
     ClassifyError,
     FineTunedClassifier,
     Prediction,
-    SentenceEncoder,
-    ZeroShotEmbeddingClassifier,
     is_blank,
     parse_labels,
 )
 from core.classify.explain import Explanation, explain_text
 from core.classify.scoring import BatchResult, Metrics
+from core.classify.zero_shot import SentenceEncoder, ZeroShotEmbeddingClassifier
 from core.models import LoadedModel
 
 MethodKey = Literal["embedding", "chat", "adapter"]
@@ -294,6 +294,26 @@ class ClassifyService:
             assert result.metrics is not None  # a label column was given
             out.append((self.classifier(labels_spec, method, name).method, result.metrics))
         return out
+
+    def compare_report(
+        self,
+        path: str | Path,
+        text_column: str | None,
+        label_column: str,
+        labels_spec: str | None,
+        adapter: str,
+        progress: Callable[[float], None] | None = None,
+        max_bytes: int = data_io.DEFAULT_MAX_BYTES,
+    ) -> Comparison:
+        """:meth:`compare` plus advice for the UI: which method to keep, and why (e.g. too few rows per class).
+
+        Raises:
+            ClassifyError: what :meth:`compare` raises.
+        """
+        results = self.compare(path, text_column, label_column, labels_spec, adapter, progress, max_bytes)
+        card = self._adapter_classifier(adapter).card
+        advice, zero_better = comparison_advice(results[0][1], results[1][1], card)
+        return Comparison(results, advice, zero_better)
 
     # --- the ladder: corrections -> training data ---------------------------------------------------------------------
 

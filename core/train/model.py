@@ -117,8 +117,26 @@ def build_model(cfg: TrainConfig, base_path: str, labels: list[str] | None, pad_
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
+        modules_to_save=full_finetune_modules(model) if cfg.full_finetune else None,
     )
     return get_peft_model(model, lora)
+
+
+def full_finetune_modules(model: Any) -> list[str]:
+    """Full fine-tuning inside peft: the backbone's parts (all but the pooler, which keeps a LoRA target) become
+    ``modules_to_save``, so they train in full and checkpoint, save and load like any adapter. Names are qualified
+    ('bert.encoder'): peft matches by suffix, and a bare 'embeddings' would also wrap 'word_embeddings'."""
+    prefix = model.base_model_prefix
+    backbone = getattr(model, prefix)
+    parts = [
+        f"{prefix}.{n}" for n, m in backbone.named_children() if n != "pooler" and any(True for _ in m.parameters())
+    ]
+    if not any(n == "pooler" and m is not None for n, m in backbone.named_children()):
+        raise ConfigError(
+            f"full_finetune needs an encoder with a pooler (BERT-like, e.g. MiniLM); {type(model).__name__} has "
+            "none. Use LoRA (full_finetune: false) for this base."
+        )
+    return parts
 
 
 def lora_state(model: Any) -> dict[str, torch.Tensor]:

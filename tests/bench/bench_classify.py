@@ -5,17 +5,24 @@
       vs DemoForge's batched path (core.classify.SequenceClassifier: length-sorted batches, pad per batch,
       inference_mode, bf16 weights where the CPU has native bf16), and the same path forced to fp32. The two are
       timed in interleaved halves so background load hits both alike; ratios are what to compare.
-  (b) zero-shot accuracy / macro-F1 of ZeroShotEmbeddingClassifier on held-out rows: for each file, row indices
-      are shuffled with random.Random(0) and the first 1,000 form the held-out set (the rest is for training).
-      SST-2 labels 'negative'/'positive' with one-line descriptions; Banking77's 77 intents with descriptions
-      made from the names (underscores -> spaces). These label wordings were picked on a dev slice (shuffled
-      rows 1,000-1,999, never on the held-out rows): SST-2 0.754 vs 0.719 ('This movie review is negative.')
-      vs 0.695 (bare names); Banking77 0.602 vs 0.595 (template "This text is about card arrival.").
+  (b) zero-shot accuracy / macro-F1 of ZeroShotEmbeddingClassifier on held-out rows (splits below), with labels
+      typed as a user would (bare names: 'negative, positive'; Banking77's 77 intent names), the default method
+      (prompt ensemble + vocabulary expansion) against the previous one (one template, no expansion) in the same
+      run; SST-2 also with one-line descriptions. Ensemble and expansion settings were chosen on the dev slices.
   (c) explanation latency (occlusion, MiniLM) for a 50-word text, median of 3.
   (d) temperature calibration: the NLL-optimal softmax temperature on a hand-written 4-topic set (below),
       which is where core.classify.DEFAULT_TEMPERATURE comes from.
-Data comes from --data-dir (default: /work/shared/data, else ../shared/data next to the repo); parts that need it
-are skipped with a message when it is absent.
+  (e) fine-tuned accuracy: core.train.run (the Fine-tune tab's loop, TASK_DEFAULTS for lr/epochs/length/batch) on
+      the train split, the dev split as its eval file (best checkpoint), scored on the held-out split; zero-shot vs
+      fine-tuned and their ratio. --ft-minutes sets the time budget; --ft-steps N trains exactly N steps instead (for
+      a shared CPU where a time budget measures the neighbours), reporting steps/s so the budget can be
+      extrapolated.
+Splits (seed 0, random.Random): SST-2 held-out = 1,000 *full sentences* (distinct rows of >= 12 words, shuffled;
+the first 1,000), dev = the next 500; train = every other row, minus any row whose text is a word span of a
+held-out or dev sentence (SST-2 lists sub-phrases of its sentences as rows: ~12k such rows removed).
+Banking77: all rows shuffled; held-out = first 1,000, dev = next 500, train = the rest (~7,500).
+Data comes from --data-dir, else ../shared/data next to the repository; parts that need it are skipped with a
+message when it is absent.
 
 Run:  python tests/bench/bench_classify.py [--data-dir DIR] [--rows 1000] [--parts ...] [--threads N]
       (prints a Markdown table + one JSON line). On an oversubscribed machine (other processes busy on the same
@@ -40,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SEED = 0
+SST2_NAMES = {"0": "negative", "1": "positive"}
 SST2_LABELS = [
     ("negative", "a negative, critical opinion: the movie is bad, boring or disappointing"),
     ("positive", "a positive, praising opinion: the movie is good, enjoyable or moving"),
@@ -97,10 +105,46 @@ CALIBRATION = [
 
 
 def _data_dir(arg: str | None) -> Path | None:
-    for cand in [arg, "/work/shared/data", str(ROOT.parent / "shared" / "data")]:
-        if cand and Path(cand).is_dir():
-            return Path(cand)
-    return None
+    """--data-dir, else ``../shared/data`` beside the repository; None when absent (the parts needing it skip)."""
+    cand = Path(arg) if arg else ROOT.parent / "shared" / "data"
+    return cand if (cand / "sst2_train.tsv").is_file() and (cand / "banking77_train.tsv").is_file() else None
+
+
+def _read(path: Path) -> list[dict]:
+    from core.data import read_table
+
+    return read_table(path, max_bytes=200 * 1024 * 1024).rows
+
+
+def _spans(text: str) -> set[str]:
+    words = text.lower().split()
+    return {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)}
+
+
+def sst2_splits(data_dir: Path, test: int = 1000, dev: int = 500, min_words: int = 12) -> dict[str, list[dict]]:
+    """{'test', 'dev', 'train'}: full sentences held out, their sub-phrases removed from train (module docstring)."""
+    rows = [
+        {"text": str(r["text"]).strip(), "label": SST2_NAMES[str(r["label"]).strip()]}
+        for r in _read(data_dir / "sst2_train.tsv")
+    ]
+    sentences = sorted({r["text"] for r in rows if len(r["text"].split()) >= min_words})
+    random.Random(SEED).shuffle(sentences)
+    by_text = {r["text"]: r for r in rows}
+    held = sentences[: test + dev]
+    banned = set().union(*(_spans(t) for t in held))
+    train = [r for r in rows if " ".join(r["text"].lower().split()) not in banned]
+    random.Random(SEED).shuffle(train)
+    return {"test": [by_text[t] for t in held[:test]], "dev": [by_text[t] for t in held[test:]], "train": train}
+
+
+def banking77_splits(data_dir: Path, test: int = 1000, dev: int = 500) -> dict[str, list[dict]]:
+    """{'test', 'dev', 'train'}: all rows shuffled with seed 0, then cut."""
+    rows = [
+        {"text": str(r["text"]).strip(), "label": str(r["label"]).strip()}
+        for r in _read(data_dir / "banking77_train.tsv")
+    ]
+    random.Random(SEED).shuffle(rows)
+    return {"test": rows[:test], "dev": rows[test : test + dev], "train": rows[test + dev :]}
 
 
 def held_out(path: Path, rows: int) -> list[dict]:
@@ -161,16 +205,12 @@ def bench_throughput(texts: list[str]) -> dict:
     }
 
 
-def bench_zero_shot(
-    name: str, rows: list[dict], labels: list[tuple[str, str]], label_map: dict | None, encoder: object
-) -> dict:
-    """(b) zero-shot accuracy and macro-F1 through core.scoring.score_table."""
-    from core.classify.classifiers import ZeroShotEmbeddingClassifier
+def bench_zero_shot(name: str, rows: list[dict], labels: list, encoder: object, **kwargs: object) -> dict:
+    """(b) zero-shot accuracy and macro-F1 through core.scoring.score_table; ``kwargs`` go to the classifier."""
     from core.classify.scoring import score_table
+    from core.classify.zero_shot import ZeroShotEmbeddingClassifier
 
-    if label_map:
-        rows = [{**r, "label": label_map.get(str(r["label"]).strip(), r["label"])} for r in rows]
-    clf = ZeroShotEmbeddingClassifier(labels, encoder)  # type: ignore[arg-type]
+    clf = ZeroShotEmbeddingClassifier(labels, encoder, **kwargs)  # type: ignore[arg-type]
     t = time.perf_counter()
     result = score_table(clf, rows, "text", "label")
     seconds = time.perf_counter() - t
@@ -185,6 +225,19 @@ def bench_zero_shot(
         "chance_accuracy": round(1 / len(labels), 4),
         "texts_per_s": round(len(rows) / seconds, 1),
     }
+
+
+def bench_zero_shot_all(splits: dict[str, dict[str, list[dict]]], encoder: object) -> list[dict]:
+    """(b) on each held-out split: the default method and the previous one (one template, no expansion)."""
+    previous = {"template": "This text is about {label}.", "expand": 0}
+    out = []
+    for name, split in splits.items():
+        names = sorted({r["label"] for r in split["train"] + split["test"]})
+        for variant, kwargs in (("default", {}), ("previous", previous)):
+            out.append({"variant": variant, **bench_zero_shot(name, split["test"], names, encoder, **kwargs)})
+        if name == "sst2":
+            out.append({"variant": "descriptions", **bench_zero_shot(name, split["test"], SST2_LABELS, encoder)})
+    return out
 
 
 def bench_explain(encoder: object) -> dict:
@@ -237,24 +290,15 @@ def bench_calibration(encoder: object) -> dict:
     }
 
 
-def _split(path: Path, held: int, train: int) -> tuple[list[dict], list[dict]]:
-    """Held-out rows as in :func:`held_out`, and the next ``train`` rows of the same shuffle for training."""
-    from core.data import read_table
-
-    table = read_table(path, max_bytes=200 * 1024 * 1024)
-    order = list(range(len(table.rows)))
-    random.Random(SEED).shuffle(order)
-    return [table.rows[i] for i in order[:held]], [table.rows[i] for i in order[held : held + train]]
-
-
 def bench_finetuned_accuracy(
-    data_dir: Path, minutes: float = 5.0, held: int = 1000, train_rows: int = 8000
+    splits: dict[str, dict[str, list[dict]]],
+    minutes: dict[str, float],
+    steps: int | None,
+    zero: list[dict],
+    full_finetune: bool = False,
 ) -> list[dict]:
-    """LoRA-fine-tune MiniLM for at most ``minutes`` on rows disjoint from the held-out split, then score it.
-
-    Training goes through core.train.run (the same loop the Fine-tune tab starts), 5% of the training rows held
-    out for its own eval; accuracy and macro-F1 are on the benchmark's held-out rows via core.scoring.
-    """
+    """(e) fine-tune MiniLM with the task defaults (LoRA, or every weight) on each train split, score the held-out
+    split."""
     import csv
     import tempfile
 
@@ -266,24 +310,23 @@ def bench_finetuned_accuracy(
     results = []
     home = Path(tempfile.mkdtemp(prefix="demoforge-bench-cls-"))
     os.environ["DEMOFORGE_HOME"] = str(home)
-    for name, file in (("sst2", "sst2_train.tsv"), ("banking77", "banking77_train.tsv")):
-        test, train = _split(data_dir / file, held, train_rows)
-        train_csv = home / f"{name}_train.csv"
-        with open(train_csv, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["text", "label"])
-            writer.writerows([str(r["text"]), str(r["label"]).strip()] for r in train)
+    for name, split in splits.items():
+        files = {}
+        for part in ("train", "dev"):
+            files[part] = home / f"{name}_{part}.csv"
+            with open(files[part], "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["text", "label"])
+                writer.writerows([r["text"], r["label"]] for r in split[part])
         cfg = TrainConfig(
-            data_path=str(train_csv),
+            data_path=str(files["train"]),
+            eval_path=str(files["dev"]),
             adapter_name=f"bench-{name}",
             task="classification",
             base_model="minilm",
-            time_budget_minutes=minutes,
-            epochs=10,
-            max_length=128,
-            batch_size=32,
-            lr=1e-3,
-            eval_fraction=0.05,
+            time_budget_minutes=None if steps else minutes[name],
+            max_steps=steps,
+            full_finetune=full_finetune,
             seed=SEED,
         )
         t = time.perf_counter()
@@ -291,19 +334,27 @@ def bench_finetuned_accuracy(
         seconds = time.perf_counter() - t
         assert result.adapter_dir, result.error
         clf = FineTunedClassifier.load(result.adapter_dir, device="cpu")
-        test = [{**r, "label": str(r["label"]).strip()} for r in test]
-        m = score_table(clf, test, "text", "label").metrics
+        m = score_table(clf, split["test"], "text", "label").metrics
+        assert m is not None
+        zs = next(z for z in zero if z["dataset"] == name and z["variant"] == "default") if zero else None
+        done = result.metrics.get("steps")
         results.append(
             {
                 "dataset": name,
-                "train_rows": len(train),
+                "method": "full" if full_finetune else "LoRA",
+                "train_rows": len(split["train"]),
                 "held_out_rows": m.n,
-                "budget_min": minutes,
-                "train_seconds": round(seconds, 1),
-                "steps": result.metrics.get("steps"),
+                "budget_min": None if steps else minutes[name],
+                "steps": done,
+                "lr": cfg.lr,
+                "batch_size": cfg.batch_size,
+                "wall_seconds": round(seconds, 1),
+                "train_seconds": result.metrics.get("train_seconds"),
                 "status": result.status,
                 "accuracy": round(m.accuracy, 4),
                 "macro_f1": round(m.macro_f1, 4),
+                "zero_shot_accuracy": zs["accuracy"] if zs else None,
+                "ratio_vs_zero_shot": round(m.accuracy / zs["accuracy"], 3) if zs else None,
             }
         )
     return results
@@ -312,13 +363,17 @@ def bench_finetuned_accuracy(
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--rows", type=int, default=1000, help="held-out / throughput rows per dataset")
     parser.add_argument(
         "--parts",
         default="calibration,explain,throughput,zero_shot,finetuned",
         help="comma-separated subset of: calibration, explain, throughput, zero_shot, finetuned",
     )
-    parser.add_argument("--ft-minutes", type=float, default=5.0, help="training budget per dataset")
+    parser.add_argument(
+        "--ft-minutes", type=float, default=5.0, help="SST-2's training budget; Banking77 gets twice this (issue 8)"
+    )
+    parser.add_argument("--ft-steps", type=int, default=None, help="train exactly N steps instead of a time budget")
+    parser.add_argument("--full-finetune", action="store_true", help="train every weight instead of LoRA")
+    parser.add_argument("--datasets", default="sst2,banking77", help="comma-separated subset of: sst2, banking77")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads for the whole run (default: torch's choice)"
     )
@@ -348,23 +403,24 @@ def main(argv: list[str] | None = None) -> dict:
         out["explain"] = bench_explain(encoder)
     if data_dir is None:
         print(
-            "shared data not found (--data-dir, /work/shared/data, ../shared/data): skipping throughput and "
-            "zero-shot accuracy",
+            "shared data not found (--data-dir DIR, or ../shared/data next to the repository): skipping throughput, "
+            "zero-shot and fine-tuned accuracy",
             file=sys.stderr,
         )
     else:
-        sst2 = held_out(data_dir / "sst2_train.tsv", args.rows)
         if "throughput" in parts:
-            out["throughput"] = bench_throughput([str(r["text"]) for r in sst2])
-        if "zero_shot" in parts:
-            out["zero_shot"] = [bench_zero_shot("sst2", sst2, SST2_LABELS, {"0": "negative", "1": "positive"}, encoder)]
-            banking = held_out(data_dir / "banking77_train.tsv", args.rows)
-            names = sorted({str(r["label"]).strip() for r in banking})
-            out["zero_shot"].append(
-                bench_zero_shot("banking77", banking, [(n, n.replace("_", " ")) for n in names], None, encoder)
-            )
-    if data_dir is not None and "finetuned" in parts:
-        out["finetuned"] = bench_finetuned_accuracy(data_dir, args.ft_minutes, args.rows)
+            out["throughput"] = bench_throughput([str(r["text"]) for r in held_out(data_dir / "sst2_train.tsv", 1000)])
+        if parts & {"zero_shot", "finetuned"}:
+            makers = {"sst2": sst2_splits, "banking77": banking77_splits}
+            splits = {k: makers[k](data_dir) for k in args.datasets.split(",")}
+            out["splits"] = {k: {p: len(v[p]) for p in ("test", "dev", "train")} for k, v in splits.items()}
+            if "zero_shot" in parts:
+                out["zero_shot"] = bench_zero_shot_all(splits, encoder)
+            if "finetuned" in parts:
+                minutes = {"sst2": args.ft_minutes, "banking77": 2 * args.ft_minutes}
+                out["finetuned"] = bench_finetuned_accuracy(
+                    splits, minutes, args.ft_steps, out.get("zero_shot", []), args.full_finetune
+                )
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _print_markdown(out)
     print(json.dumps(out))
@@ -381,9 +437,15 @@ def _print_markdown(out: dict) -> None:
         lines.append(f"| ratio ours fp32 / pipeline (sorting alone) | {t['ratio_ours_fp32_vs_pipeline']}x |")
     for z in out.get("zero_shot", []):
         lines.append(
-            f"| zero-shot {z['dataset']} ({z['rows']} held-out, {z['labels']} labels) | acc "
+            f"| zero-shot {z['dataset']}, {z['variant']} ({z['rows']} held-out, {z['labels']} labels) | acc "
             f"{z['accuracy']}, macro-F1 {z['macro_f1']} (chance {z['chance_accuracy']}) |"
         )
+    zs = {(z["dataset"], z["variant"]): z["accuracy"] for z in out.get("zero_shot", [])}
+    for ds in ("sst2", "banking77"):
+        if (ds, "previous") in zs:
+            lines.append(
+                f"| zero-shot {ds}: default / previous accuracy | {zs[(ds, 'default')] / zs[(ds, 'previous')]:.3f}x |"
+            )
     if "explain" in out:
         e = out["explain"]
         lines.append(f"| explanation, 50 words (occlusion) | median {e['median_s']} s, max {e['max_s']} s |")
@@ -394,10 +456,13 @@ def _print_markdown(out: dict) -> None:
             f"{c['best_nll']}); default T={c['default_temperature']} NLL {c['default_nll']} |"
         )
     for f in out.get("finetuned") or []:
+        plan = f"{f['budget_min']:g}-min budget" if f["budget_min"] else "fixed steps"
+        speed = f["steps"] / f["train_seconds"] if f.get("train_seconds") else float("nan")
         lines.append(
-            f"| fine-tuned {f['dataset']} (LoRA MiniLM, {f['budget_min']:g}-min budget, {f['steps']} steps "
-            f"on {f['train_rows']} rows; {f['held_out_rows']} held-out) | acc {f['accuracy']}, macro-F1 "
-            f"{f['macro_f1']} |"
+            f"| fine-tuned {f['dataset']} ({f['method']} MiniLM, {plan}, {f['steps']} steps at {speed:.2f} steps/s, lr "
+            f"{f['lr']:g}, batch {f['batch_size']}, on {f['train_rows']} rows; {f['held_out_rows']} held-out) | acc "
+            f"{f['accuracy']}, macro-F1 {f['macro_f1']}; zero-shot {f['zero_shot_accuracy']}, ratio "
+            f"{f['ratio_vs_zero_shot']}x |"
         )
     lines.append(
         f"| load average (1, 5, 15 min) at start / end | {out['load_average_at_start']} / "

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.classify.classifiers import SentenceEncoder, ZeroShotEmbeddingClassifier
 from core.classify.explain import explain
 from core.classify.scoring import score_table, write_csv
+from core.classify.zero_shot import SentenceEncoder, ZeroShotEmbeddingClassifier
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,17 @@ def test_zero_shot_clearly_beats_chance(classifier: ZeroShotEmbeddingClassifier)
     accuracy = sum(p.label == gold for p, (_, gold) in zip(preds, TOPICS)) / len(TOPICS)
     assert accuracy >= 0.7, [(t, p.label) for p, (t, _) in zip(preds, TOPICS)]  # chance is 0.25
     assert all(sum(p.probs.values()) == pytest.approx(1.0, abs=1e-4) for p in preds)
+
+
+def test_prompt_ensemble_and_expansion_keep_the_topic_set(classifier: ZeroShotEmbeddingClassifier) -> None:
+    """The default label vectors (prompt ensemble + vocabulary expansion) must not lose what one template had."""
+    previous = ZeroShotEmbeddingClassifier(LABELS, classifier.encoder, template="This text is about {label}.", expand=0)
+    texts, gold = [t for t, _ in TOPICS], [g for _, g in TOPICS]
+    now = sum(p.label == g for p, g in zip(classifier.predict(texts), gold)) / len(gold)
+    before = sum(p.label == g for p, g in zip(previous.predict(texts), gold)) / len(gold)
+    assert now >= 0.9 and now >= before - 0.05, (now, before)  # both 1.0 when measured; 1 sentence of margin
+    assert set(classifier.expansions) == set(classifier.labels)
+    assert "weather" in classifier.expansions["weather"] or "rain" in classifier.expansions["weather"]
 
 
 @pytest.mark.parametrize(
