@@ -30,7 +30,7 @@ def test_full_finetune_trains_every_encoder_weight_and_reloads(
 ) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from core.train import loop as tl
+    from core.train import model as tl
     from core.train import runner as train
 
     rows = ["text,label"] + [
@@ -72,7 +72,7 @@ def test_full_finetune_trains_every_encoder_weight_and_reloads(
 
 
 def test_full_finetune_refuses_a_base_without_a_pooler(tiny_models: dict[str, Path]) -> None:
-    from core.train import loop as tl
+    from core.train import model as tl
 
     cfg = TrainConfig(
         data_path="d.csv",
