@@ -259,7 +259,7 @@ def compare_methods(
             "Pick a fine-tuned adapter (method 'Fine-tuned adapter'), or fine-tune one on the rows above first.",
             duration=6,
         )
-    results = engine.classify.compare(
+    report = engine.classify.compare_report(
         file,
         _column(text_column),
         _column(label_column),
@@ -267,10 +267,13 @@ def compare_methods(
         adapter,
         lambda f: progress(f, desc="Scoring with both methods"),
     )
+    results = report.results
     frame = pd.DataFrame(
         [[line, round(m.accuracy, 3), round(m.macro_f1, 3), m.n] for line, m in results],
         columns=["method", "accuracy", "macro-F1", "rows"],
     )
     (_, zero), (_, tuned) = results
     delta = tuned.macro_f1 - zero.macro_f1
-    return frame, f"Fine-tuned vs zero-shot: macro-F1 {'+' if delta >= 0 else ''}{delta:.3f}."
+    summary = f"Fine-tuned vs zero-shot: macro-F1 {'+' if delta >= 0 else ''}{delta:.3f}."
+    # When the adapter loses to zero-shot, say why and what to do (too few rows per class, unseen labels...).
+    return frame, f"{summary}\n\n**Advice:** {report.advice}" if report.advice else summary

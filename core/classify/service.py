@@ -303,7 +303,7 @@ class ClassifyService:
         labels_spec: str | None,
         adapter: str,
         progress: Callable[[float], None] | None = None,
-        max_bytes: int = data_io.DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
     ) -> Comparison:
         """:meth:`compare` plus advice for the UI: which method to keep, and why (e.g. too few rows per class).
 
