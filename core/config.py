@@ -111,12 +111,17 @@ class AppConfig:
     """Model calls that run at once (1 on CPU; raise on a GPU)."""
     max_upload_mb: int = 50
     """Largest accepted upload."""
+    engine: Literal["auto", "transformers", "llamacpp"] = "auto"
+    """Chat engine: 'llamacpp' (fast, CPU, GGUF models), 'transformers' (the reference), or 'auto' (llama.cpp
+    where it is installed and the model is a GGUF, else transformers; the model label says which and why)."""
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 1, 65535)
         _check_range("queue_size", self.queue_size, 1, 10_000)
         _check_range("concurrency", self.concurrency, 1, 64)
         _check_range("max_upload_mb", self.max_upload_mb, 1, 10_000)
+        if self.engine not in ("auto", "transformers", "llamacpp"):
+            raise ConfigError(f"engine={self.engine!r}: use 'auto', 'transformers' or 'llamacpp'.")
         if self.share and self.auth is None:
             raise ConfigError(
                 "--share makes the app public: set --auth user:password (or DEMOFORGE_AUTH) so strangers "
