@@ -9,10 +9,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core import adapters
+from core.backends.base import ComputeLockExecutor
 from core.chat import Message, StreamPiece
 from core.config import AppConfig, GenerationSettings
 from core.data import LoadedData, load_data
@@ -67,7 +67,9 @@ class Engine:
         self._library: Library | None = None
         self._training: Training | None = None
         self._tokenizers: dict[tuple[str, str], object] = {}
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD)
+        self.compute_lock = threading.Lock()
+        """Held by every job on the model thread and by each step of a fast engine (see ComputeLockExecutor)."""
+        self._model_thread = ComputeLockExecutor(self.compute_lock, MODEL_THREAD)
         self._backend: ChatBackend | None = None
         self._backend_lock = threading.Lock()
 

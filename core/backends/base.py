@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from core.chat import Message, StreamPiece
 from core.config import GenerationSettings
@@ -69,3 +71,26 @@ class ChatBackend(ABC):
     def close(self) -> None:
         """Free native resources (threads, contexts); the backend is unusable afterwards."""
         return None
+
+
+class ComputeLockExecutor(ThreadPoolExecutor):
+    """The engine's one model thread, whose every job holds ``lock`` while it runs.
+
+    A fast engine with its own compute threads takes the same lock for each decode step, so torch and llama.cpp
+    never compute at the same time on the same cores (two thread pools on 2 cores throttle each other), while
+    the fast engine's steps still run on its own thread: handing every step to the model thread and back cost
+    more than the step itself whenever the machine was busy (a thread switch waits for a time slice).
+    """
+
+    def __init__(self, lock: threading.Lock, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
+        self.lock = lock
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the model thread holding the compute lock."""
+
+        def locked() -> Any:
+            with self.lock:
+                return fn(*args, **kwargs)
+
+        return super().submit(locked)

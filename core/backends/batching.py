@@ -46,6 +46,8 @@ class Request:
     """('text', piece) per decoded token (piece may be '' mid-character), then ('done', reason) or ('error', exc)."""
     cancel: threading.Event = field(default_factory=threading.Event)
     admitted_s: float | None = None
+    ignore_eos: bool = False
+    """Decode exactly max_new_tokens (benchmarks, so every engine decodes the same number of tokens)."""
 
     @property
     def reserve(self) -> int:
@@ -273,7 +275,7 @@ class BatchScheduler:
         for seq, token in sampled:
             seq.last = token
             seq.generated += 1
-            if lc.llama_vocab_is_eog(self.vocab, token):
+            if lc.llama_vocab_is_eog(self.vocab, token) and not seq.req.ignore_eos:
                 self._finish(seq, ("done", "eos"))
                 continue
             seq.req.out.put(("text", seq.decoder.decode(self._bytes(token))))

@@ -41,8 +41,8 @@ class LlamaCppOptions:
     """How the llama.cpp context is sized."""
 
     threads: int | None = None
-    """Compute threads; None = the CPUs this process may use. Steps run on the engine's model thread, so llama.cpp
-    and torch never compute at the same time and each may use every core."""
+    """Compute threads; None = the CPUs this process may use. Each step holds the engine's compute lock, which
+    every torch job on the model thread holds too: the two never compute at once, so each may use every core."""
     slots: int = DEFAULT_SLOTS
     """Requests decoded together (sequence slots)."""
     kv_cells: int = 8192
@@ -55,6 +55,31 @@ class LlamaCppOptions:
             self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if self.slots < 1 or self.kv_cells < 256 or self.n_batch < 32:
             raise ModelError(f"llama.cpp options out of range: {self}")
+
+
+def _holding(lock: threading.Lock, fn: Callable[[], Any]) -> Any:
+    with lock:
+        return fn()
+
+
+def plain_llama(path: Path, **kwargs: Any) -> Any:
+    """llama-cpp-python's high-level ``Llama`` on ``path`` with the fast engine's weight buffers (no AMX repacking,
+    see LlamaCppBackend); the reference for benchmarks and the quality guard."""
+    import llama_cpp
+
+    low = llama_cpp.llama_cpp  # what Llama calls for its model parameters
+    defaults = low.llama_model_default_params
+
+    def no_extra_bufts() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = no_extra_bufts
+    try:
+        return llama_cpp.Llama(str(path), verbose=False, **kwargs)
+    finally:
+        low.llama_model_default_params = defaults
 
 
 def _hf_tokenizer(gguf: Path, spec: str) -> Any:
@@ -95,7 +120,8 @@ class LlamaCppBackend(ChatBackend):
         """Args:
         gguf: the model file. tokenizer: its Hugging Face tokenizer (builds the prompts).
         base_model: the app's model spec; adapters trained on another base are refused.
-        exclusive: runs each decode step (the engine's model thread: llama.cpp never computes alongside torch).
+        exclusive: runs each decode step (holding the engine's compute lock: llama.cpp never computes alongside
+            torch work on the model thread).
         """
         import llama_cpp as lc
 
@@ -108,6 +134,9 @@ class LlamaCppBackend(ChatBackend):
         lc.llama_backend_init()
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        # No extra (repacked) weight buffers: on CPUs with AMX, llama.cpp's AMX matmul for this build crashes
+        # (SIGSEGV in ggml_backend_amx_mul_mat, seen on a Xeon with AMX); the plain CPU kernels are safe everywhere.
+        mparams.use_extra_bufts = False
         self._model = lc.llama_model_load_from_file(str(gguf).encode(), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load {gguf} (an architecture it does not know, or a bad file).")
@@ -148,7 +177,7 @@ class LlamaCppBackend(ChatBackend):
             _hf_tokenizer(gguf, config.model),
             config.model,
             LlamaCppOptions(slots=slots),
-            exclusive=engine.on_model_thread,
+            exclusive=lambda step: _holding(engine.compute_lock, step),
             display_name=name,
         )
 
