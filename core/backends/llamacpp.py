@@ -272,9 +272,22 @@ class LlamaCppBackend(ChatBackend):
             )
         return info
 
+    def _meta(self, key: str) -> str:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else ""
+
     def _base(self) -> lora_gguf.BaseInfo:
+        """What LoRA conversion needs, from the loaded model's metadata (reading the GGUF header again is slow)."""
         if self._base_info is None:
-            self._base_info = lora_gguf.read_base(self.gguf)
+            arch = self._meta("general.architecture")
+            heads = int(self._meta(f"{arch}.attention.head_count") or 0)
+            self._base_info = lora_gguf.BaseInfo(
+                arch=arch,
+                blocks=int(self._meta(f"{arch}.block_count") or 0),
+                heads=heads,
+                kv_heads=int(self._meta(f"{arch}.attention.head_count_kv") or heads),
+            )
         return self._base_info
 
     def cannot_serve(self, adapter: str) -> str | None:
