@@ -6,6 +6,9 @@ import os
 
 # Before gradio is imported: no analytics calls from a demo machine (and none possible offline).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Before torch is imported: llama.cpp shares torch's bundled libgomp; with spinning idle threads the fast engine
+# fell from 23 to 0.9 tok/s on a busy 2-core machine (core/backends/llamacpp.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import logging
@@ -50,7 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a Space, else builder",
     )
     p.add_argument("--queue-size", type=int, default=16, help="waiting requests before 'busy'")
-    p.add_argument("--concurrency", type=int, default=1, help="model calls at once (raise on a GPU)")
+    p.add_argument(
+        "--engine",
+        default=os.environ.get("DEMOFORGE_ENGINE", "auto"),
+        choices=["auto", "transformers", "llamacpp"],
+        help="chat engine: llamacpp (fast, GGUF on CPU), transformers, or auto",
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=None, help="chats at once (default: 8 on llama.cpp, 1 on transformers)"
+    )
     p.add_argument("--max-upload-mb", type=int, default=50)
     return p.parse_args(argv)
 
@@ -69,7 +80,8 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         builder_auth=parse_auth(args.builder_auth, "DEMOFORGE_BUILDER_AUTH"),
         mode=args.mode,
         queue_size=args.queue_size,
-        concurrency=args.concurrency,
+        concurrency=args.concurrency or 1,
+        engine=args.engine,
         max_upload_mb=args.max_upload_mb,
     )
 
@@ -77,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = config_from_args(parse_args(argv))
+        args = parse_args(argv)
+        config = config_from_args(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -99,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Model ready: {label} ({time.perf_counter() - start:.1f}s)", flush=True)
+    if args.concurrency is None:  # measured: llama.cpp batches chats in flight; transformers serves one at a time
+        config.concurrency = engine.backend.recommended_concurrency
     # --- role split (issue 11): one server, the audience app at / and the builder app at /builder in audience mode,
     # the builder app at / otherwise; see demo/server.py.
     try:

@@ -84,6 +84,9 @@ class AppConfig:
     """Model calls that run at once (1 on CPU; raise on a GPU)."""
     max_upload_mb: int = 50
     """Largest accepted upload, in MiB (2**20 bytes); training workers and file scoring read with the same limit."""
+    engine: Literal["auto", "transformers", "llamacpp"] = "auto"
+    """Chat engine: 'llamacpp' (fast, CPU, GGUF models), 'transformers' (the reference), or 'auto' (llama.cpp
+    where it is installed and the model is a GGUF, else transformers; the model label says which and why)."""
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 1, 65535)
@@ -97,6 +100,8 @@ class AppConfig:
                 "DEMOFORGE_BUILDER_AUTH must differ from the audience's DEMOFORGE_AUTH: anyone with the audience "
                 "password could otherwise sign in as builder."
             )
+        if self.engine not in ("auto", "transformers", "llamacpp"):
+            raise ConfigError(f"engine={self.engine!r}: use 'auto', 'transformers' or 'llamacpp'.")
         if self.share and self.auth is None:
             raise ConfigError(
                 "--share makes the app public: set --auth user:password (or DEMOFORGE_AUTH) so strangers "

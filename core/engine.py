@@ -9,18 +9,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core import adapters, store
-from core.chat import Message, StreamPiece, stream_reply
+from core.backends.base import ComputeLockExecutor
+from core.chat import Message, StreamPiece
 from core.config import AppConfig, GenerationSettings
 from core.data import MIB, LoadedData, load_data
 from core.models import LoadedModel, load_causal_lm
 from core.specs import same_base
 
 if TYPE_CHECKING:  # lazily imported at run time: the chat-only path never loads them
+    from core.backends import ChatBackend
     from core.classify.service import ClassifyService
     from core.library import Library
     from core.train.jobs import JobManager
@@ -74,7 +75,11 @@ class Engine:
         self._library: Library | None = None
         self._training: Training | None = None
         self._tokenizers: dict[tuple[str, str], object] = {}
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD)
+        self.compute_lock = threading.Lock()
+        """Held by every job on the model thread and by each step of a fast engine (see ComputeLockExecutor)."""
+        self._model_thread = ComputeLockExecutor(self.compute_lock, MODEL_THREAD)
+        self._backend: ChatBackend | None = None
+        self._backend_lock = threading.Lock()
 
     def on_model_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the model thread and return its result (directly when already on it)."""
@@ -97,9 +102,20 @@ class Engine:
                     log.info("Loaded %s in %.1fs (%s)", self._chat.label, self._chat.load_seconds, self._chat.source)
         return self._chat
 
+    @property
+    def backend(self) -> ChatBackend:
+        """The chat backend chosen by ``config.engine`` (core.backends): chat, compare and adapters use it."""
+        if self._backend is None:
+            with self._backend_lock:
+                if self._backend is None:
+                    from core.backends import select_backend
+
+                    self._backend = select_backend(self)
+        return self._backend
+
     def chat_label(self) -> str:
-        """Name · precision · device of the chat model (loads it if needed)."""
-        return self.chat_model().label
+        """Name · precision · device · engine of the chat model (loads it if needed)."""
+        return self.backend.label
 
     # --- adapters --------------------------------------------------------------------------------------------------
 
@@ -139,11 +155,12 @@ class Engine:
                 if self._peft.active_adapter == name:
                     self._peft.set_adapter(next(n for n in self._peft.peft_config if n != name))
                 self._peft.delete_adapter(name)
+        if self._backend is not None:
+            self._backend.forget_adapter(name)
 
     def switch_adapter(self, name: str | None) -> float:
         """Load (first time) and activate an adapter, or None for the base; returns the seconds it took."""
-        with self._gen_lock:
-            return self.on_model_thread(self._attach, name) if name else 0.0
+        return self.backend.switch_adapter(name)
 
     @contextlib.contextmanager
     def _using(self, adapter: str | None) -> Iterator[LoadedModel]:
@@ -170,12 +187,8 @@ class Engine:
         system_prompt: str | None = None,
         adapter: str | None = None,
     ) -> Iterator[StreamPiece]:
-        """Stream a reply from the chat base, or with ``adapter`` applied; see :func:`core.chat.stream_reply`."""
-        with self._gen_lock, self._using(adapter) as lm:
-            # ~20 updates a second look as smooth as one per token and cost the server far less.
-            yield from stream_reply(
-                lm, history, settings, system_prompt, executor=self._model_thread, min_interval_s=0.05
-            )
+        """Stream a reply from the chat base, or with ``adapter`` applied, through the selected backend."""
+        yield from self.backend.stream(history, settings, system_prompt, adapter)
 
     # --- the doors the UI uses --------------------------------------------------------------------------------------
 

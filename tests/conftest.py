@@ -11,6 +11,7 @@ import pytest
 # Set before any test module imports transformers or gradio.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it: llama.cpp shares torch's libgomp
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never touch the user's real home; integration tests share one converted SmolLM2 per session.
 os.environ.setdefault("DEMOFORGE_HOME", tempfile.mkdtemp(prefix="demoforge-test-home-"))

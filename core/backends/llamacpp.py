@@ -1,0 +1,331 @@
+"""The fast CPU chat backend: llama.cpp (through llama-cpp-python's C API) on the embedded GGUF or any .gguf file.
+
+Prompts are built exactly as on the transformers path: the model's Hugging Face tokenizer and chat template
+(``core.chat.build_prompt``, truncation and its notice included) make the token ids; llama.cpp only decodes.
+Many requests decode together in one context (``core.backends.batching``). LoRA adapters from the library are
+written once as GGUF LoRAs (``core.backends.lora_gguf``) and applied at run time; the base is never reloaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core import adapters, specs
+from core.backends import lora_gguf
+from core.backends.base import ChatBackend
+from core.chat import Message, ReplyStats, StreamPiece, build_prompt, normalise_messages
+from core.config import GenerationSettings
+from core.errors import AdapterError, ModelError
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOTS = 8
+"""Sequences decoded together. Measured on 2 busy cores (tests/bench/bench_engines.py, load ~6 from other jobs):
+8 concurrent chats through the app made 57 tok/s together, 1.9x one stream, with no errors; each visitor still
+reads faster than ~7 tok/s. More slots only lengthen each step; requests beyond them wait in the scheduler."""
+
+
+@dataclass
+class LlamaCppOptions:
+    """How the llama.cpp context is sized."""
+
+    threads: int | None = None
+    """Compute threads; None = the CPUs this process may use. Each step holds the engine's compute lock, which
+    every torch job on the model thread holds too: the two never compute at once, so each may use every core."""
+    slots: int = DEFAULT_SLOTS
+    """Requests decoded together (sequence slots)."""
+    kv_cells: int = 8192
+    """KV-cache cells shared by all slots; one request may use up to the model's context."""
+    n_batch: int = 512
+    """Most tokens per decode call (running tokens + prompt chunks)."""
+
+    def __post_init__(self) -> None:
+        if self.threads is None:
+            self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if self.slots < 1 or self.kv_cells < 256 or self.n_batch < 32:
+            raise ModelError(f"llama.cpp options out of range: {self}")
+
+
+def _holding(lock: threading.Lock, fn: Callable[[], Any]) -> Any:
+    with lock:
+        return fn()
+
+
+def plain_llama(path: Path, **kwargs: Any) -> Any:
+    """llama-cpp-python's high-level ``Llama`` on ``path`` with the fast engine's weight buffers (no AMX repacking,
+    see LlamaCppBackend); the reference for benchmarks and the quality guard."""
+    import llama_cpp
+
+    low = llama_cpp.llama_cpp  # what Llama calls for its model parameters
+    defaults = low.llama_model_default_params
+
+    def no_extra_bufts() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = no_extra_bufts
+    try:
+        return llama_cpp.Llama(str(path), verbose=False, **kwargs)
+    finally:
+        low.llama_model_default_params = defaults
+
+
+def _hf_tokenizer(gguf: Path, spec: str) -> Any:
+    """The Hugging Face tokenizer of the model (the cached safetensors copy's for the embedded one)."""
+    from transformers import AutoTokenizer
+
+    from core.models import _CACHE_VERSION, EMBEDDED_CHAT_NAME
+
+    if spec.strip().lower() in specs.CHAT_ALIASES:
+        from core import store
+
+        cached = store.subdir("models") / f"{EMBEDDED_CHAT_NAME.lower()}-v{_CACHE_VERSION}"
+        if (cached / "tokenizer_config.json").is_file():
+            tok = AutoTokenizer.from_pretrained(cached)
+        else:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class LlamaCppBackend(ChatBackend):
+    """Chat on a GGUF with llama.cpp: continuous batching, runtime LoRA, the transformers prompt."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        gguf: Path,
+        tokenizer: Any,
+        base_model: str = "default",
+        options: LlamaCppOptions | None = None,
+        exclusive: Callable[..., Any] | None = None,
+        display_name: str | None = None,
+        home: Path | None = None,
+    ) -> None:
+        """Args:
+        gguf: the model file. tokenizer: its Hugging Face tokenizer (builds the prompts).
+        base_model: the app's model spec; adapters trained on another base are refused.
+        exclusive: runs each decode step (holding the engine's compute lock: llama.cpp never computes alongside
+            torch work on the model thread).
+        """
+        import llama_cpp as lc
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load log goes to stderr else
+        self._lc = lc
+        self.gguf, self.tokenizer, self.base_model = gguf, tokenizer, base_model
+        self.home = home  # the engine's DemoForge home (None: the environment's), where adapters are looked up
+        self.options = options or LlamaCppOptions()
+        self._display = display_name or gguf.stem
+        start = time.perf_counter()
+        lc.llama_backend_init()
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        # No extra (repacked) weight buffers: on CPUs with AMX, llama.cpp's AMX matmul for this build crashes
+        # (SIGSEGV in ggml_backend_amx_mul_mat, seen on a Xeon with AMX); the plain CPU kernels are safe everywhere.
+        mparams.use_extra_bufts = False
+        self._model = lc.llama_model_load_from_file(str(gguf).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"llama.cpp could not load {gguf} (an architecture it does not know, or a bad file).")
+        opts = self.options
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = opts.kv_cells
+        cparams.n_batch = cparams.n_ubatch = opts.n_batch
+        cparams.n_seq_max = opts.slots
+        cparams.n_threads = cparams.n_threads_batch = opts.threads
+        cparams.kv_unified = True  # one pool of cells shared by all slots: a single long chat may use all of it
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            lc.llama_model_free(self._model)
+            raise ModelError(f"llama.cpp could not create a context for {gguf} ({opts.kv_cells} KV cells).")
+        vocab = lc.llama_model_get_vocab(self._model)
+        buf = ctypes.create_string_buffer(128)
+        lc.llama_model_desc(self._model, buf, len(buf))
+        self._desc = buf.value.decode(errors="replace")  # e.g. 'llama ?B Q4_1 - Medium'
+        self._context = min(int(lc.llama_n_ctx_train(self._model)), opts.kv_cells)
+        from core.backends.batching import BatchScheduler
+
+        self._native = threading.Lock()
+        self._prompt_lock = threading.Lock()  # a fast tokenizer must not be used from two threads at once
+        self._loras: dict[str, tuple[Path, Any]] = {}
+        self._base_info: lora_gguf.BaseInfo | None = None
+        self._sched = BatchScheduler(self._ctx, vocab, opts.slots, opts.kv_cells, opts.n_batch, self._native, exclusive)
+        self.load_seconds = time.perf_counter() - start
+
+    @classmethod
+    def from_engine(cls, engine: Engine, gguf: Path) -> LlamaCppBackend:
+        """The backend for an engine's chat model: steps run on its model thread; slots from its concurrency."""
+        config = engine.config
+        slots = config.concurrency if config.concurrency > 1 else DEFAULT_SLOTS
+        name = "SmolLM2-135M-Instruct" if config.model.strip().lower() in specs.CHAT_ALIASES else gguf.stem
+        return cls(
+            gguf,
+            _hf_tokenizer(gguf, config.model),
+            config.model,
+            LlamaCppOptions(slots=slots),
+            exclusive=lambda step: _holding(engine.compute_lock, step),
+            display_name=name,
+            home=engine.home,
+        )
+
+    # --- ChatBackend ---------------------------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """Name · quantisation · engine with its threads and parallel slots."""
+        quant = self._desc.split()[-1] if self._desc else "GGUF"
+        o = self.options
+        return f"{self._display} · {quant} GGUF · llama.cpp ({o.threads} threads, {o.slots} chats at once)"
+
+    @property
+    def context_length(self) -> int:
+        """The model's trained context, capped by the KV pool."""
+        return self._context
+
+    @property
+    def recommended_concurrency(self) -> int:
+        """One UI request per slot: more would only wait inside the scheduler."""
+        return self.options.slots
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) requests in the scheduler."""
+        return self._sched.load
+
+    def stream(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings,
+        system_prompt: str | None = None,
+        adapter: str | None = None,
+        stop: threading.Event | None = None,
+        min_interval_s: float = 0.05,
+    ) -> Iterator[StreamPiece]:
+        """See :meth:`ChatBackend.stream`. ``min_interval_s`` coalesces pieces (~20 UI updates a second)."""
+        msgs = normalise_messages(messages, system_prompt)
+        with self._prompt_lock:
+            plan = build_prompt(self.tokenizer, msgs, self.context_length, settings.max_new_tokens)
+        from core.backends.batching import Request
+
+        req = Request(ids=plan.input_ids, settings=settings, lora=self._lora(adapter) if adapter else None)
+        start = time.perf_counter()
+        stats = ReplyStats(prompt_tokens=len(plan.input_ids), notice=plan.notice)
+        self._sched.submit(req)
+        text, last, finished = "", 0.0, False
+        try:
+            if plan.notice:
+                yield StreamPiece(text="", notice=plan.notice)
+            while True:
+                try:
+                    kind, value = req.out.get(timeout=0.05)
+                except queue.Empty:
+                    if stop is not None and stop.is_set():
+                        req.cancel.set()
+                        self._sched.wake()
+                    continue
+                if kind == "text":
+                    stats.new_tokens += 1
+                    if stats.first_token_s is None:
+                        stats.first_token_s = time.perf_counter() - start
+                    text += value
+                    now = time.perf_counter()
+                    if value and now - last >= min_interval_s:
+                        last = now
+                        yield StreamPiece(text=text, notice=plan.notice)
+                elif kind == "done":
+                    finished, stats.stopped = True, value == "stopped"
+                    break
+                else:
+                    finished = True
+                    raise RuntimeError(f"llama.cpp failed: {value}") from value
+        finally:
+            if not finished:  # the consumer closed the stream (a UI stop): free the slot at the next step
+                req.cancel.set()
+                self._sched.wake()
+        stats.total_s = time.perf_counter() - start
+        yield StreamPiece(text=text, stats=stats, notice=plan.notice, done=True)
+
+    # --- adapters ------------------------------------------------------------------------------------------------
+
+    def _check(self, name: str) -> adapters.AdapterInfo:
+        """The adapter, if it is a chat adapter of this base (the same rules and words as the transformers path)."""
+        info = adapters.get(name, self.home)
+        if info.task != "sft":
+            raise AdapterError(f"Adapter {name!r} is a {info.task} adapter; the Chat tab needs a chat one.")
+        if not specs.same_base(info.base_model, self.base_model):
+            raise AdapterError(
+                f"Adapter {name!r} was trained on {info.base_model!r}, but this app chats with "
+                f"{self.base_model!r}. Start the app with --model {info.base_model} to use it."
+            )
+        return info
+
+    def _meta(self, key: str) -> str:
+        buf = ctypes.create_string_buffer(256)
+        n = self._lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode() if n >= 0 else ""
+
+    def _base(self) -> lora_gguf.BaseInfo:
+        """What LoRA conversion needs, from the loaded model's metadata (reading the GGUF header again is slow)."""
+        if self._base_info is None:
+            arch = self._meta("general.architecture")
+            heads = int(self._meta(f"{arch}.attention.head_count") or 0)
+            self._base_info = lora_gguf.BaseInfo(
+                arch=arch,
+                blocks=int(self._meta(f"{arch}.block_count") or 0),
+                heads=heads,
+                kv_heads=int(self._meta(f"{arch}.attention.head_count_kv") or heads),
+            )
+        return self._base_info
+
+    def cannot_serve(self, adapter: str) -> str | None:
+        """Why llama.cpp cannot apply this adapter (DoRA, extra trained modules, another architecture), or None."""
+        return lora_gguf.unsupported_reason(self._check(adapter).path, self._base())
+
+    def _lora(self, name: str) -> Any:
+        """The loaded llama.cpp LoRA for ``name``: converted on first use (cached beside the adapter), then kept."""
+        info = self._check(name)
+        path = lora_gguf.convert(info.path, self.gguf, self._base())
+        cached = self._loras.get(name)
+        if cached is not None and cached[0] == path:
+            return cached[1]
+        with self._native:
+            handle = self._lc.llama_adapter_lora_init(self._model, str(path).encode())
+        if not handle:
+            raise RuntimeError(f"llama.cpp could not load the LoRA {path.name} of adapter {name!r}")
+        self._loras[name] = (path, handle)
+        return handle
+
+    def switch_adapter(self, name: str | None) -> float:
+        """Convert (first use) and load the adapter's GGUF LoRA; a request then applies it per decode step."""
+        start = time.perf_counter()
+        if name:
+            self._lora(name)
+        return time.perf_counter() - start
+
+    def forget_adapter(self, name: str) -> None:
+        """Drop the name (its LoRA stays allocated until close: a running reply may still use it)."""
+        self._loras.pop(name, None)
+
+    def close(self) -> None:
+        """Stop the scheduler and free the context and model."""
+        self._sched.close()
+        with self._native:
+            self._lc.llama_free(self._ctx)
+            self._lc.llama_model_free(self._model)

@@ -1,0 +1,323 @@
+"""Chat engines on the embedded SmolLM2, in one run: transformers vs llama.cpp (plain API) vs DemoForge's fast engine.
+
+Single stream, batch 1, greedy, a ~65-token prompt, 128 new tokens (EOS ignored so every path decodes 128):
+  transformers generate() fp32 (and bf16 where the CPU has native bf16)
+  llama-cpp-python's high-level API (Llama.generate) on the same GGUF  - the in-run baseline (1.00x)
+  DemoForge's fast engine (core.backends.llamacpp), on the base and with a rank-16 all-linear LoRA adapter
+Adapter switching (first use = conversion to a GGUF LoRA, then cached).
+Through the running app (separate server process, gradio_client /chat, streaming): one chat, then 8 at once.
+Peak RSS of that server: base only, then after chatting with 3 adapters.
+
+Run:  python tests/bench/bench_engines.py [--skip-app] [--threads N]   (prints a Markdown table and a JSON line)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DEMOFORGE_HOME", tempfile.mkdtemp(prefix="demoforge-bench-"))
+
+NEW = 128
+SYSTEM = "You are a helpful, concise assistant."
+PROMPT = (
+    "I run a small bakery and want to start selling bread online. Explain, step by step, how I should set up "
+    "ordering, payments and delivery, and which mistakes new online shops usually make in their first year."
+)
+REPEATS = 3
+STORY = "Write a long, detailed story about {}. Describe every scene."
+TOPICS = ["a dragon", "a baker", "a lighthouse", "a robot", "a city", "a river", "a ship", "a garden"]
+
+
+def _ids() -> list[int]:
+    from transformers import AutoTokenizer
+
+    from core.chat import build_prompt, normalise_messages
+    from core.models import embedded_chat_path
+
+    tok = AutoTokenizer.from_pretrained(embedded_chat_path())
+    msgs = normalise_messages([{"role": "user", "content": PROMPT}], SYSTEM)
+    return build_prompt(tok, msgs, 8192, NEW).input_ids
+
+
+def _median(runs: list[tuple[float, float]]) -> dict:
+    return {"ttft_s": statistics.median(r[0] for r in runs), "decode_tok_s": statistics.median(r[1] for r in runs)}
+
+
+def bench_transformers(ids: list[int], dtype: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.models import embedded_chat_path
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_chat_path(), dtype=getattr(torch, dtype)).eval()
+    x = torch.tensor([ids])
+    kw = {"do_sample": False, "pad_token_id": 2, "eos_token_id": None}
+    runs = []
+    with torch.inference_mode():
+        model.generate(x, max_new_tokens=4, **kw)
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            model.generate(x, max_new_tokens=1, **kw)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            model.generate(x, max_new_tokens=NEW, **kw)
+            runs.append((first, (NEW - 1) / (time.perf_counter() - t - first)))
+    return _median(runs)
+
+
+def bench_llama_plain(ids: list[int], threads: int) -> dict:
+    from core.backends.llamacpp import plain_llama
+    from core.models import embedded_gguf_file
+
+    llm = plain_llama(embedded_gguf_file(), n_ctx=1024, n_threads=threads, n_threads_batch=threads)
+    runs = []
+    for i in range(REPEATS + 1):
+        t = time.perf_counter()
+        first = None
+        llm.reset()  # else generate() reuses the previous run's KV for the shared prompt and skips the prefill
+        for n, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True), 1):
+            if first is None:
+                first = time.perf_counter() - t
+            if n == NEW:
+                break
+        if i:  # the first run warms up
+            runs.append((first, (NEW - 1) / (time.perf_counter() - t - first)))
+    return _median(runs)
+
+
+def _fast_run(backend, ids: list[int], lora=None) -> tuple[float, float]:
+    from core.backends.batching import Request
+    from core.config import GenerationSettings
+
+    req = Request(ids=ids, settings=GenerationSettings(temperature=0.0, max_new_tokens=NEW, repetition_penalty=1.0))
+    req.lora, req.ignore_eos = lora, True
+    t = time.perf_counter()
+    backend._sched.submit(req)
+    first = None
+    while True:
+        kind, _ = req.out.get()
+        if kind == "text" and first is None:
+            first = time.perf_counter() - t
+        elif kind != "text":
+            break
+    return first, (NEW - 1) / (time.perf_counter() - t - first)
+
+
+def _locked(lock: threading.Lock, fn):
+    with lock:
+        return fn()
+
+
+def bench_fast(ids: list[int], threads: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from core.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+    from core.models import embedded_chat_path, embedded_gguf_file
+
+    tok = AutoTokenizer.from_pretrained(embedded_chat_path())
+    out = {}
+    # Each step holding a lock, as in the app (the engine's compute lock, shared with torch jobs).
+    lock = threading.Lock()
+    backend = LlamaCppBackend(
+        embedded_gguf_file(), tok, "default", LlamaCppOptions(threads=threads), lambda step: _locked(lock, step)
+    )
+    _fast_run(backend, ids)
+    out["fast"] = _median([_fast_run(backend, ids) for _ in range(REPEATS)])
+    _make_adapters(1)
+    t = time.perf_counter()
+    backend.switch_adapter("bench-0")
+    out["switch_first_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lora = backend._lora("bench-0")
+    out["switch_cached_s"] = time.perf_counter() - t
+    _fast_run(backend, ids, lora)
+    out["fast_lora"] = _median([_fast_run(backend, ids, lora) for _ in range(REPEATS)])
+    backend.close()
+    return out
+
+
+def _make_adapters(n: int) -> None:
+    """``n`` rank-16 all-linear LoRA adapters on SmolLM2 (random small B weights), saved like core.train saves them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core import adapters
+    from core.models import embedded_chat_path
+
+    for i in range(n):
+        folder = adapters.adapters_dir() / f"bench-{i}"
+        if folder.is_dir():
+            continue
+        torch.manual_seed(i)
+        model = AutoModelForCausalLM.from_pretrained(embedded_chat_path(), dtype=torch.float32)
+        peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.005)
+        peft_model.save_pretrained(folder)
+        (folder / "adapter_card.json").write_text(
+            json.dumps({"name": folder.name, "task": "sft", "base_model": "default", "created": f"2026-01-0{i + 1}"})
+        )
+
+
+SERVER = """
+import sys
+from core.config import AppConfig
+from core.engine import Engine
+from demo import build_app, launch_options
+config = AppConfig(port=int(sys.argv[1]), concurrency=int(sys.argv[2]), queue_size=64, engine=sys.argv[3])
+engine = Engine(config)
+print(engine.chat_label(), flush=True)
+build_app(engine, config).launch(**launch_options(config))
+"""
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _chat(client, message: str, adapter: str = "") -> tuple[float, float, str]:
+    """(seconds to the first text, seconds to the end, reply) of one streamed /chat call."""
+    t = time.perf_counter()
+    first, text = None, ""
+    for text in client.submit(message, None, SYSTEM, 0.0, 0.9, 50, NEW, 1.0, -1, adapter, api_name="/chat"):
+        if text and first is None:
+            first = time.perf_counter() - t
+    return first or float("nan"), time.perf_counter() - t, text
+
+
+def bench_app(engine: str, concurrency: int) -> dict:
+    from gradio_client import Client
+    from transformers import AutoTokenizer
+
+    from core.models import embedded_chat_path
+    from tests.bench.bench_chat import _wait_for_page
+    from tests.helpers import free_port
+
+    tok = AutoTokenizer.from_pretrained(embedded_chat_path())
+    n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port), str(concurrency), engine], cwd=ROOT, env=os.environ.copy()
+    )
+    out: dict = {}
+    try:
+        _wait_for_page(f"http://127.0.0.1:{port}/", proc)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        _chat(client, "Hi")
+        single = []
+        for _ in range(REPEATS):
+            first, total, text = _chat(client, PROMPT)
+            n = n_tokens(text)
+            single.append((first, (n - 1) / (total - first), n))
+        out["single"] = {
+            "ttft_s": statistics.median(s[0] for s in single),
+            "decode_tok_s": statistics.median(s[1] for s in single),
+            "tokens": single[0][2],
+            "wall_tok_s": statistics.median(s[2] / (s[0] + (s[2] - 1) / s[1]) for s in single),
+        }
+        errors: list[str] = []
+
+        def one(topic: str) -> tuple[float, int]:
+            try:
+                first, _, text = _chat(Client(f"http://127.0.0.1:{port}/", verbose=False), STORY.format(topic))
+                return first, n_tokens(text)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors.append(repr(exc))
+                return float("nan"), 0
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(len(TOPICS)) as pool:
+            results = list(pool.map(one, TOPICS))
+        wall = time.perf_counter() - t
+        ttfts = sorted(r[0] for r in results)
+        out["concurrent"] = {
+            "clients": len(TOPICS),
+            "tokens": sum(r[1] for r in results),
+            "aggregate_tok_s": sum(r[1] for r in results) / wall,
+            "p95_ttft_s": ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))],
+            "errors": errors,
+        }
+        out["rss_base_mb"] = _peak_rss_mb(proc.pid)  # after 8 chats at once: the base at full load
+        if engine != "transformers":
+            _make_adapters(3)
+            for i in range(3):
+                client.predict(f"bench-{i}", api_name="/switch_adapter")
+                _chat(client, PROMPT, adapter=f"bench-{i}")
+            out["rss_3_adapters_mb"] = _peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--skip-app", action="store_true")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--transformers-app", action="store_true", help="also serve the app on transformers")
+    args = p.parse_args()
+    from core.models import cpu_supports_bf16
+
+    ids = _ids()
+    res: dict = {"prompt_tokens": len(ids), "threads": args.threads}
+    res["llama_plain"] = bench_llama_plain(ids, args.threads)
+    res.update(bench_fast(ids, args.threads))
+    res["transformers_fp32"] = bench_transformers(ids, "float32")
+    if cpu_supports_bf16():
+        res["transformers_bf16"] = bench_transformers(ids, "bfloat16")
+    if not args.skip_app:
+        res["app"] = bench_app("auto", 8)
+        if args.transformers_app:
+            res["app_transformers"] = bench_app("transformers", 1)
+    base = res["llama_plain"]["decode_tok_s"]
+    print("\n| path | TTFT ms | decode tok/s | vs llama.cpp plain |\n|---|---|---|---|")
+    for key in ("transformers_fp32", "transformers_bf16", "llama_plain", "fast", "fast_lora"):
+        if key in res:
+            r = res[key]
+            print(f"| {key} | {r['ttft_s'] * 1000:.0f} | {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / base:.2f}x |")
+    print(
+        f"\nLoRA vs base: {res['fast_lora']['decode_tok_s'] / res['fast']['decode_tok_s']:.2f}x; switch first use "
+        f"{res['switch_first_s'] * 1000:.0f} ms, cached {res['switch_cached_s'] * 1000:.1f} ms"
+    )
+    if "app" in res:
+        app = res["app"]
+        single, conc = app["single"], app["concurrent"]
+        print(
+            f"app single stream: TTFT {single['ttft_s'] * 1000:.0f} ms, {single['decode_tok_s']:.1f} tok/s "
+            f"({single['decode_tok_s'] / res['fast']['decode_tok_s']:.2f}x the engine alone)"
+        )
+        print(
+            f"app 8 concurrent: {conc['aggregate_tok_s']:.1f} tok/s aggregate "
+            f"({conc['aggregate_tok_s'] / single['wall_tok_s']:.2f}x one stream), p95 TTFT {conc['p95_ttft_s']:.2f} s, "
+            f"errors {len(conc['errors'])}"
+        )
+        if "rss_3_adapters_mb" in app:
+            print(
+                f"peak RSS: base {app['rss_base_mb']:.0f} MB, + 3 adapters {app['rss_3_adapters_mb']:.0f} MB "
+                f"({app['rss_3_adapters_mb'] / app['rss_base_mb']:.2f}x)"
+            )
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
