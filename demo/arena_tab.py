@@ -19,8 +19,8 @@ import gradio as gr
 from core.arena import BASE, STATS_HEADERS, VERDICTS, ArenaError, Round, VoteStore, pick_round, stats_rows
 from core.config import DemoProfile, GenerationSettings
 from demo.errors import shows_errors
+from demo.queue import MODEL_QUEUE
 
-MODEL_QUEUE = "model"
 MAX_PROMPT_CHARS = 4000
 
 

@@ -20,8 +20,9 @@ from core.arena import BASE, VoteStore
 from core.auth import refusal
 from core.config import AppConfig, DemoProfile, GenerationSettings
 from core.errors import ChatError, ClassifyError, ConfigError, DemoForgeError
-from demo.arena_tab import MAX_PROMPT_CHARS, MODEL_QUEUE, ArenaHandlers, build_arena_tab
+from demo.arena_tab import MAX_PROMPT_CHARS, ArenaHandlers, build_arena_tab
 from demo.errors import shows_errors
+from demo.queue import MODEL_QUEUE
 
 MAX_TURNS = 20
 """Earlier messages an audience reply sees (the oldest beyond this are dropped)."""

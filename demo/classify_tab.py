@@ -19,11 +19,10 @@ from demo import classify_run as run
 from demo import render
 from demo.classify_run import DEFAULT_LABELS, NO_LABEL, TABLE_COLUMNS, TABLE_ROWS, adapter_names, adapter_update
 from demo.errors import shows_errors
+from demo.queue import MODEL_QUEUE
 
 __all__ = ["DEFAULT_LABELS", "TABLE_COLUMNS", "ClassifyTab", "adapter_names", "adapter_update", "build_classify_tab"]
 
-MODEL_QUEUE = "model"
-"""concurrency_id shared with the Chat tab: every listener that runs a model queues behind one limit."""
 EXPLAIN_LABEL = "Which words pushed the prediction (occlusion: red supports, blue speaks against)"
 PRIVATE = {"api_visibility": "private"}
 MODEL_KW: dict[str, Any] = {"concurrency_id": MODEL_QUEUE}

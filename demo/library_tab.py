@@ -17,6 +17,7 @@ import pandas as pd
 
 from core.engine import Engine
 from demo.errors import shows_errors
+from demo.queue import MODEL_QUEUE
 
 COLUMNS = ["name", "task", "base model", "metrics", "created"]
 
@@ -189,7 +190,7 @@ def wire_library(engine: Engine, tab: LibraryTab) -> tuple[Any, Any]:
         [tab.pick],
         [tab.status],
         api_name="merge_adapter",
-        concurrency_id="model",
+        concurrency_id=MODEL_QUEUE,
         show_progress="minimal",
     )
     tab.push.click(

@@ -17,6 +17,7 @@ from core.errors import AdapterError
 from core.runcard import Comparison, held_out, write_run_card
 from demo.arena_tab import build_results_panel
 from demo.errors import shows_errors
+from demo.queue import MODEL_QUEUE
 
 
 def _lines(text: str | None) -> list[str]:
@@ -107,7 +108,7 @@ def add_presenter_panel(app: gr.Blocks, engine: Any, profile: DemoProfile, votes
             [card_pick],
             [card_file],
             api_name="run_card",
-            concurrency_id="model",
+            concurrency_id=MODEL_QUEUE,
         )
 
         inputs = [name, title, description, system_prompt, examples, adapters, default, tabs, labels, arena]

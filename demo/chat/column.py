@@ -20,7 +20,6 @@ from core.errors import DemoForgeError
 from demo.chat.common import (
     BASE,
     INTERRUPTED,
-    MODEL_QUEUE,
     ChatRequest,
     SamplingControls,
     adapter_arg,
@@ -30,6 +29,7 @@ from demo.chat.common import (
     to_plain,
 )
 from demo.errors import shows_errors, to_gr_error
+from demo.queue import MODEL_QUEUE
 
 BUSY = "A reply is still being written: wait for it, or press Stop."
 EMPTY = "The message is empty: type something, then press Send."

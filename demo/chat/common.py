@@ -13,8 +13,6 @@ if TYPE_CHECKING:
     from core.chat import Message
     from core.engine import Engine
 
-MODEL_QUEUE = "model"
-"""concurrency_id shared by every listener that runs a model, so they queue behind one limit."""
 BASE = "Base model (no adapter)"
 """The adapter picker's entry for the plain base model."""
 INTERRUPTED = "\n\n*(reply interrupted)*"

@@ -14,8 +14,9 @@ from typing import Any
 import gradio as gr
 
 from core.engine import Engine
-from demo.chat.common import MODEL_QUEUE, ChatRequest, SamplingControls, adapter_choices
+from demo.chat.common import ChatRequest, SamplingControls, adapter_choices
 from demo.errors import shows_errors
+from demo.queue import MODEL_QUEUE
 
 BASE_LABEL = "Base model"
 SLOT_LABELS = ("Adapter A", "Adapter B (optional)")
