@@ -241,8 +241,20 @@ class Engine:
                         self.chat_model, self.config.device, self.config.dtype, self.config.max_upload_mb * MIB
                     )
                     # A proxy that runs every call on the model thread; it quacks like the service.
-                    self._classify = _OnModelThread(service, self.on_model_thread)  # type: ignore[assignment]
+                    self._classify = _OnModelThread(service, self._classify_call)  # type: ignore[assignment]
         return self._classify
+
+    def _classify_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a classify call on the model thread while no chat request has an adapter enabled on the base.
+
+        The chat-likelihood classifier scores with the chat base itself; a transformers chat request enables its
+        LoRA layers on that base under ``_gen_lock`` (from before its generate job reaches the model thread), so
+        a classification scheduled in between would score with the adapter. The lock is taken here, on the
+        caller's thread, before the job is queued: taking it on the model thread could wait for a generate job
+        queued behind it.
+        """
+        with self._gen_lock:
+            return self.on_model_thread(fn, *args, **kwargs)
 
     def _tokenizer(self, task: str, base_model: str):  # noqa: ANN202 - a transformers tokenizer
         """The tokenizer a run on ``base_model`` would use (cached; the chat model's own when it is the base)."""

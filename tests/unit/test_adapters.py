@@ -123,3 +123,25 @@ def test_the_engines_library_renames_and_deletes_without_leaving_a_stale_name(li
         engine.switch_adapter("beta")
     assert _greedy(engine, "gamma") == with_a and with_a != with_b
     assert [a.name for a in engine.library.list()] == ["gamma"]
+
+
+def test_classification_waits_while_a_chat_request_holds_its_adapter(library: dict) -> None:
+    """A transformers chat request enables its LoRA layers on the shared base under the generation lock; the
+    chat-likelihood classifier scores with that same base, so a classify call must wait for the lock (issue 9.8)."""
+    import threading
+    import time
+
+    engine = Engine(AppConfig(model=str(library["base"]), device="cpu", dtype="float32"))
+    done = threading.Event()
+
+    def classify() -> None:
+        engine.classify.methods()  # any call goes through the engine's classify door
+        done.set()
+
+    with engine._gen_lock:  # what a chat request holds while its adapter is enabled
+        worker = threading.Thread(target=classify)
+        worker.start()
+        time.sleep(0.3)
+        assert not done.is_set(), "a classify call ran while a chat request had its adapter enabled"
+    worker.join(timeout=10)
+    assert done.is_set()
