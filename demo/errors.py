@@ -38,11 +38,6 @@ def to_gr_error(exc: BaseException, doing: str, duration: float | None = 10) -> 
     )
 
 
-def user_error(exc: BaseException, doing: str) -> gr.Error:
-    """Kept for the tabs' existing calls: same as :func:`to_gr_error`."""
-    return to_gr_error(exc, doing)
-
-
 def shows_errors(doing: str, duration: float | None = 10) -> Callable[[F], F]:
     """Decorate a handler (plain or generator) so every exception reaches the visitor through :func:`to_gr_error`."""
 
