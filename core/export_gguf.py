@@ -276,8 +276,13 @@ def export_merged(
         raise ExportError(
             f"{name!r} is a classification adapter; GGUF export is for chat adapters (llama.cpp and Ollama chat)."
         )
-    on_progress(0.0, "Merging the adapter into its base")
-    merged = merge(info.name)
+    merged = store.subdir("merged") / info.name  # where core.export.merge writes
+    weights = merged / "model.safetensors"
+    if weights.is_file() and weights.stat().st_mtime >= (info.path / "adapter_model.safetensors").stat().st_mtime:
+        on_progress(0.0, "Reusing the merged model")  # F16 then Q8_0 merge once
+    else:
+        on_progress(0.0, "Merging the adapter into its base")
+        merged = merge(info.name)
     folder = export_dir(info.name, home)
     gguf_file = write_gguf(
         merged,

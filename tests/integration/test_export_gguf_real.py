@@ -146,10 +146,14 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return same / max(1, sum(max(len(ra), len(rb)) for ra, rb in zip(a, b, strict=True)))
 
 
-def _merged_model(home: Path):
+@pytest.fixture(scope="module")
+def merged_answers(home: Path, adapter: str, tokenizer) -> list[list[int]]:
+    """transformers' greedy answers on the merged model (merged once by the first export)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(home / "merged" / "zorbly").eval()
+    from core.export import merge
+
+    return _hf_answers(AutoModelForCausalLM.from_pretrained(merge(adapter)).eval(), tokenizer)
 
 
 def test_our_base_gguf_matches_the_embedded_llama_cpp_file(home: Path, tmp_path: Path) -> None:
@@ -175,7 +179,9 @@ def test_our_base_gguf_matches_the_embedded_llama_cpp_file(home: Path, tmp_path:
         assert np.abs(t.data.astype(np.float32) - want).max() <= 2e-3 * max(1.0, np.abs(want).max()), t.name
 
 
-def test_merged_f16_gguf_answers_exactly_as_transformers(home: Path, adapter: str, tokenizer) -> None:
+def test_merged_f16_gguf_answers_exactly_as_transformers(
+    home: Path, adapter: str, tokenizer, merged_answers: list[list[int]]
+) -> None:
     from core.export_gguf import export
 
     result = export(adapter, "f16", system="You are Zorbly's assistant.")
@@ -187,19 +193,20 @@ def test_merged_f16_gguf_answers_exactly_as_transformers(home: Path, adapter: st
         [{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True, tokenize=False
     )
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == _prompt_ids(tokenizer, PROMPTS[0])
-    reference = _hf_answers(_merged_model(home), tokenizer)
+    reference = merged_answers
     answers = _llama_answers(llm, tokenizer)
     print("F16 agreement", _agreement(answers, reference))
     assert answers == reference
     assert sum("llama" in tokenizer.decode(a).lower() for a in answers[:4]) >= 3  # the adapter is in there
 
 
-def test_merged_q8_0_gguf_agrees_on_95_percent_of_tokens(home: Path, adapter: str, tokenizer) -> None:
+def test_merged_q8_0_gguf_agrees_on_95_percent_of_tokens(
+    adapter: str, tokenizer, merged_answers: list[list[int]]
+) -> None:
     from core.export_gguf import export
 
     result = export(adapter, "q8_0")
-    reference = _hf_answers(_merged_model(home), tokenizer)
-    agreement = _agreement(_llama_answers(_load(result.files[0]), tokenizer), reference)
+    agreement = _agreement(_llama_answers(_load(result.files[0]), tokenizer), merged_answers)
     print(f"Q8_0 token agreement with transformers: {agreement:.3f}")
     assert agreement >= 0.95
 
