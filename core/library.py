@@ -1,4 +1,4 @@
-"""The adapter library as the UI uses it: list, read, rename, delete, zip, merge, push.
+"""The adapter library as the UI uses it: list, read, rename, delete, zip, merge, export, push.
 
 The engine owns one :class:`Library`; renaming or deleting also forgets the adapter on the loaded chat base
 (through ``forget``), so the next chat request never reaches a stale name. Merging runs on the model thread
@@ -67,6 +67,22 @@ class Library:
         from core.export import merge
 
         return self._run(merge, name)
+
+    def export_gguf(
+        self, name: str, kind: str, system: str | None = None, on_progress: Callable[[float, str], None] | None = None
+    ) -> Any:
+        """Export to ``exports/<name>/``: merged GGUF ('f16', 'q8_0') or GGUF LoRA ('lora'), with an Ollama
+        Modelfile (on the model thread); returns a :class:`core.export_gguf.ExportResult`."""
+        from core.export_gguf import export
+
+        kwargs = {"on_progress": on_progress} if on_progress else {}
+        return self._run(export, name, kind, system=system, home=self.home, **kwargs)
+
+    def serve_commands(self, name: str) -> str:
+        """Markdown with the command lines that serve adapter ``name`` on vLLM, llama.cpp and Ollama."""
+        from core.serve_recipes import serve_commands
+
+        return serve_commands(name, self.home)
 
     def push(self, name: str, repo_id: str, token: str, merged: bool = False) -> str:
         """Upload the adapter (or the merged model) to the Hub; returns the repo URL."""

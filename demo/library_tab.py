@@ -1,4 +1,5 @@
-"""The adapter library: every finished adapter with its card; use, rename, delete, download, merge, push.
+"""The adapter library: every finished adapter with its card; use, rename, delete, download, merge, export to
+GGUF / Ollama, serve on another backend, push.
 
 Every action goes through ``engine.library``. Actions draw no progress overlay on their outputs
 (``show_progress="hidden"``): a refusal is a toast and a status line, so a failed delete never leaves red badges
@@ -20,6 +21,11 @@ from demo.errors import shows_errors
 from demo.queue import MODEL_QUEUE
 
 COLUMNS = ["name", "task", "base model", "metrics", "created"]
+EXPORT_CHOICES = [
+    ("GGUF F16 (merged into the base)", "f16"),
+    ("GGUF Q8_0 (merged, half the size)", "q8_0"),
+    ("GGUF LoRA (base GGUF + adapter)", "lora"),
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,11 @@ class LibraryTab:
     token: gr.Textbox
     merged: gr.Checkbox
     push: gr.Button
+    export_kind: gr.Radio
+    export: gr.Button
+    exported: gr.File
+    serve: gr.Button
+    serve_help: gr.Markdown
     status: gr.Markdown
     change: gr.State
     """The last :class:`LibraryChange` of this page (None before any)."""
@@ -116,6 +127,34 @@ def merge_adapter(engine: Engine, name: str | None) -> str:
     return f"Merged **{name}** into its base: `{path.name}` (safetensors; load it with `from_pretrained`)."
 
 
+@shows_errors("exporting the adapter")
+def export_adapter(
+    engine: Engine,
+    name: str | None,
+    kind: str | None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio finds the tracker by this default
+) -> tuple[list[str], str]:
+    """/export_gguf: GGUF (F16, Q8_0 or LoRA) and an Ollama Modelfile into ``exports/<name>/``; returns the files
+    to download and a status naming them relative to the DemoForge home."""
+    result = engine.library.export_gguf(
+        name or "",
+        kind or "f16",
+        engine.config.profile.system_prompt,
+        on_progress=lambda fraction, desc: progress(fraction, desc=desc),
+    )
+    shown = ", ".join(f"`{engine.library.shown_path(p)}`" for p in result.files)
+    return [str(p) for p in result.files], (
+        f"Exported **{name}** as {kind} GGUF into `{engine.library.shown_path(result.folder)}`: {shown}. "
+        "See *Serve on backend* for the commands."
+    )
+
+
+@shows_errors("writing the serve commands")
+def serve_adapter(engine: Engine, name: str | None) -> str:
+    """/serve_commands: the command lines that serve the adapter on vLLM, llama.cpp's server and Ollama."""
+    return engine.library.serve_commands(name or "")
+
+
 @shows_errors("pushing to the Hub")
 def push_adapter(engine: Engine, name: str | None, repo_id: str, token: str, merged: bool) -> str:
     """/push_adapter: upload the adapter (or the merged model) to the Hub."""
@@ -154,10 +193,19 @@ def build_library_tab(engine: Engine) -> LibraryTab:
             token = gr.Textbox(label="HF token (write)", type="password", scale=2)
             merged = gr.Checkbox(label="Push the merged model instead of the adapter", value=False)
         push_btn = gr.Button("Push", elem_id="df-lib-push")
+    with gr.Accordion("Export for llama.cpp and Ollama (GGUF + Modelfile)", open=False):
+        with gr.Row():
+            export_kind = gr.Radio(EXPORT_CHOICES, value="f16", label="Export as", scale=3, elem_id="df-lib-gguf-kind")
+            export_btn = gr.Button("Export", scale=1, elem_id="df-lib-export")
+        exported = gr.File(label="Exported files", file_count="multiple", interactive=False, elem_id="df-lib-exported")
+    with gr.Accordion("Serve on backend (vLLM, llama.cpp, Ollama)", open=False):
+        serve_btn = gr.Button("Show the commands", elem_id="df-lib-serve")
+        serve_help = gr.Markdown("", elem_id="df-lib-serve-help")
     status = gr.Markdown("", elem_id="df-lib-status")
     tab = LibraryTab(
         table, pick, refresh, card, use_chat, use_classify, download, merge_btn, zip_file, new_name, rename_btn,
-        confirm, delete_btn, repo, token, merged, push_btn, status, gr.State(None),
+        confirm, delete_btn, repo, token, merged, push_btn, export_kind, export_btn, exported, serve_btn, serve_help,
+        status, gr.State(None),
     )  # fmt: skip
     tab.changed = wire_library(engine, tab)
     return tab
@@ -193,6 +241,15 @@ def wire_library(engine: Engine, tab: LibraryTab) -> tuple[Any, Any]:
         concurrency_id=MODEL_QUEUE,
         show_progress="minimal",
     )
+    tab.export.click(
+        e(export_adapter, engine),
+        [tab.pick, tab.export_kind],
+        [tab.exported, tab.status],
+        api_name="export_gguf",
+        concurrency_id="model",
+        show_progress="full",
+    )
+    tab.serve.click(e(serve_adapter, engine), [tab.pick], [tab.serve_help], api_name="serve_commands", **quiet)
     tab.push.click(
         e(push_adapter, engine), [tab.pick, tab.repo, tab.token, tab.merged], [tab.status], api_name="push_adapter"
     )

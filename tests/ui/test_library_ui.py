@@ -1,8 +1,10 @@
 """The Adapters tab's endpoints through a real server and gradio_client, on the tiny Llama with real LoRA adapters:
-a renamed adapter keeps chatting under its new name, refusals are clear, nothing leaks a server path."""
+a renamed adapter keeps chatting under its new name, refusals are clear, nothing leaks a server path, export gives
+a GGUF and a Modelfile to download and the serve commands use them."""
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +14,14 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from core.config import AppConfig
+from core.config import AppConfig, DemoProfile
 from core.engine import Engine
 from tests.helpers import serve
 from tests.lora import make_adapter
+from tests.unit import test_export_gguf
 
 pytestmark = pytest.mark.ui
+bpe_llama = test_export_gguf.bpe_llama  # the session fixture: a tiny Llama with a byte-level BPE (GGUF-exportable)
 
 
 @pytest.fixture
@@ -86,3 +90,57 @@ def test_gradio_temp_files_are_swept_when_the_server_stops(
         kept = [p for p in cache.rglob("*") if p.is_file()]
         assert {p.suffix for p in kept} >= {".zip", ".csv"}, kept  # the download and the upload sit in the cache
     assert not [p for p in cache.rglob("*") if p.is_file()]  # delete_cache sweeps them when the server stops
+
+
+# --- export to GGUF / Ollama and serve on another backend ------------------------------------------------------------
+
+
+@pytest.fixture
+def bpe_client(bpe_llama: Path, demoforge_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    """The app on the tiny byte-level-BPE Llama (GGUF-exportable) with adapter 'alpha'; its freshly trained
+    pre-tokenizer is registered under llama.cpp's 'gpt-2' name, as a known model's would be."""
+    from transformers import AutoTokenizer
+
+    from core import export_gguf
+
+    key = hashlib.sha256(str(AutoTokenizer.from_pretrained(bpe_llama).encode(export_gguf._CHKTXT)).encode()).hexdigest()
+    monkeypatch.setitem(export_gguf._KNOWN_PRE, key, "gpt-2")
+    make_adapter(bpe_llama, "alpha", 1)
+    profile = DemoProfile(system_prompt="You are Acme's support bot.")
+    config = AppConfig(model=str(bpe_llama), device="cpu", dtype="float32", profile=profile)
+    with serve(Engine(config), config) as url:
+        yield Client(url, verbose=False)
+
+
+def test_export_gives_the_gguf_and_modelfile_to_download_and_names_them_relative_to_the_home(
+    bpe_client: Client, demoforge_home: Path
+) -> None:
+    import gguf
+
+    job = bpe_client.submit("alpha", "q8_0", api_name="/export_gguf")
+    files, status = job.result(timeout=120)
+    assert status.startswith("Exported **alpha** as q8_0 GGUF into `exports/alpha`")
+    assert "`exports/alpha/alpha-q8_0.gguf`" in status and str(demoforge_home) not in status
+    downloaded = {Path(f).name: Path(f) for f in files}  # fetched over HTTP by the client
+    assert set(downloaded) == {"alpha-q8_0.gguf", "Modelfile"}
+    reader = gguf.GGUFReader(str(downloaded["alpha-q8_0.gguf"]))
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert 'SYSTEM """You are Acme\'s support bot."""' in downloaded["Modelfile"].read_text()  # from the profile
+    files, status = bpe_client.predict("alpha", "lora", api_name="/export_gguf")
+    assert sorted(Path(f).name for f in files) == ["Modelfile", "alpha.lora.gguf", "base.gguf"]
+    commands = bpe_client.predict("alpha", api_name="/serve_commands")
+    assert "llama-server -m exports/alpha/base.gguf --lora exports/alpha/alpha.lora.gguf" in commands
+    assert "export it first" not in commands and str(demoforge_home) not in commands
+    assert "vllm serve bpe-llama --enable-lora --lora-modules alpha=adapters/alpha" in commands
+    assert "curl -s http://127.0.0.1:8000/v1/models  # lists alpha" in commands
+
+
+def test_export_refusals_are_clear(client: Client) -> None:
+    with pytest.raises(AppError, match="byte-level BPE"):  # the word-level test tokenizer has no GGUF form
+        client.predict("alpha", "f16", api_name="/export_gguf")
+    with pytest.raises(AppError, match="'q4'.*not in the list of choices"):  # Gradio's own check of the Radio
+        client.predict("alpha", "q4", api_name="/export_gguf")
+    with pytest.raises(AppError, match="No adapter named 'nope'"):
+        client.predict("nope", api_name="/serve_commands")
+    assert "--lora-modules beta=adapters/beta" in client.predict("beta", api_name="/serve_commands")
