@@ -252,7 +252,9 @@ def _finish(ctx: RunContext, status: str) -> RunResult:
         if pos.best_step is not None and pos.best_step != pos.step:
             restore_best(ctx.unwrapped, ctx.run_dir)  # ship the best adapter by eval (every rank: hashes compare)
     lora_hash = state_hash(lora_state(ctx.unwrapped))
-    print(f"[rank {rank}/{world}] step {pos.step} lora_sha256 {lora_hash}", flush=True)
+    # One write per line: ranks share the pipe, and print() may write the text and its newline separately.
+    sys.stdout.write(f"[rank {rank}/{world}] step {pos.step} lora_sha256 {lora_hash}\n")
+    sys.stdout.flush()
     metrics: dict[str, Any] = {
         "steps": pos.step,
         "total_steps": pos.total_steps,

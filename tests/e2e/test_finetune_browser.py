@@ -216,8 +216,8 @@ def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
         page.locator("#df-compare-a input").click()
         page.get_by_role("option", name="acme-support").click()
         page.locator("#df-compare-run").click()
-        page.wait_for_function(
-            "() => document.querySelector('#df-compare-out-a textarea').value.includes('tok/s')", timeout=180_000
+        page.wait_for_function(  # the speed line sits under each answer, not inside it
+            "() => document.querySelector('#df-compare-stats-a').innerText.includes('tok/s')", timeout=180_000
         )
         base = page.locator("#df-compare-out-base textarea").input_value()
         tuned = page.locator("#df-compare-out-a textarea").input_value()

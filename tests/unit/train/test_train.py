@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,7 +243,8 @@ def test_sft_run_events_card_and_reload(tiny_models: dict[str, Path], tmp_path: 
     last_step = max(i for i, e in enumerate(events) if e["type"] == "step")
     phases = [(i, e) for i, e in enumerate(events) if e["type"] == "phase"]
     assert [e["phase"] for _, e in phases] == ["final_eval", "saving"] and phases[0][0] > last_step
-    assert steps[-1]["eta_s"] > 0 and all(e["eta_s"] > 0 and e["step"] == 40 for _, e in phases)
+    # The ETA after the last step still counts the final evaluation and save (a tiny model's may round to 0.0).
+    assert steps[-1]["eta_s"] >= 0 and all(e["eta_s"] >= 0 and e["step"] == 40 for _, e in phases)
     card = json.loads((result.adapter_dir / "adapter_card.json").read_text())
     assert card["task"] == "sft" and card["data"]["fingerprint"] and card["demoforge_version"]
     assert card["metrics"]["best_eval_loss"] == min(e["metrics"]["eval_loss"] for e in evals)
@@ -457,11 +459,9 @@ def test_torchrun_two_cpu_ranks_stay_in_sync(
     events = read_events(run_dir)
     assert events[0]["world_size"] == 2 and events[-1]["status"] == "finished"
     assert [e["step"] for e in events if e["type"] == "step"] == list(range(1, 13)), "only rank 0 writes events"
-    hashes = {}
-    for line in res.stdout.splitlines():
-        if "lora_sha256" in line:
-            rank = line.split("]")[0].split()[-1]
-            hashes[rank] = line.split()[-1]
+    # Both ranks write to one pipe, so their lines may interleave: find each record wherever it lands.
+    found = re.findall(r"\[rank (\d+/\d+)\] step \d+ lora_sha256 ([0-9a-f]{16})", res.stdout)
+    hashes = dict(found)
     assert set(hashes) == {"0/2", "1/2"} and len(set(hashes.values())) == 1, res.stdout
     assert hashes["0/2"] == events[-1]["lora_hash"]
     assert [p.name for p in (demoforge_home / "adapters").iterdir()] == ["ddp"]
