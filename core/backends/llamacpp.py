@@ -233,12 +233,14 @@ class LlamaCppBackend(ChatBackend):
             if plan.notice:
                 yield StreamPiece(text="", notice=plan.notice)
             while True:
+                # Checked on every token, not only when none arrives: tokens come faster than the 50 ms wait, so
+                # a stop checked only on an empty queue waited for the whole reply.
+                if stop is not None and stop.is_set() and not req.cancel.is_set():
+                    req.cancel.set()
+                    self._sched.wake()
                 try:
                     kind, value = req.out.get(timeout=0.05)
                 except queue.Empty:
-                    if stop is not None and stop.is_set():
-                        req.cancel.set()
-                        self._sched.wake()
                     continue
                 if kind == "text":
                     stats.new_tokens += 1
