@@ -276,7 +276,11 @@ def wire_chat_column(engine: Engine, col: ChatColumn, concurrency: int) -> None:
     running = [sent, redo, edited]
     for event in running:
         event.then(unlock, None, lock, **quick)
-    col.stop.click(stop_reply, [col.chatbot], [col.chatbot, col.status, *lock], cancels=running, **quick)
+    # Cancel first, then mark: marking in the cancelling event itself raced the stream's last updates, which
+    # could land after the mark and overwrite it (seen with the fast engine's quicker updates).
+    col.stop.click(None, None, None, cancels=running, **quick).then(
+        stop_reply, [col.chatbot], [col.chatbot, col.status, *lock], **quick
+    )
     gr.on(
         [col.undo.click, col.chatbot.undo],
         undo_turn,
