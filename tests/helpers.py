@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,3 +66,19 @@ def browser_page(url: str, width: int = 1280, height: int = 1000):
             yield page
         finally:
             browser.close()
+
+
+def set_number(page, label: str, value: float) -> None:
+    """Type ``value`` into a slider's number box until it stays.
+
+    An accordion mounts its sliders as it opens, and a value typed in that moment can be redrawn away: a test
+    that went on with the default 256 new tokens failed on the tiny Llama's 256-token context.
+    """
+    box = page.get_by_label(f"number input for {label}")
+    for _ in range(10):
+        box.fill(f"{value:g}")
+        box.press("Enter")
+        time.sleep(0.3)
+        if box.input_value() and float(box.input_value()) == value:
+            return
+    raise AssertionError(f"{label} would not take {value}: it shows {box.input_value()!r}")

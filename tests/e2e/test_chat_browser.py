@@ -20,7 +20,7 @@ from core.engine import Engine
 from demo.chat.column import BUSY, EMPTY
 from demo.chat.common import INTERRUPTED
 from tests.fakes import SlowEngine
-from tests.helpers import CHROMIUM, browser_page, isolated_home, serve
+from tests.helpers import CHROMIUM, browser_page, isolated_home, serve, set_number
 from tests.lora import make_adapter
 
 pytestmark = pytest.mark.e2e
@@ -103,17 +103,12 @@ def _pick(page, dropdown: str, option: str) -> None:
 def _set_number(page, label: str, value: float) -> None:
     if not page.get_by_label(f"number input for {label}").is_visible():
         page.get_by_text("System prompt and sampling").click()
-    box = page.get_by_label(f"number input for {label}")
-    box.fill(str(value))
-    box.press("Enter")
+    set_number(page, label, value)
 
 
 def test_send_see_streamed_reply_then_stop(page) -> None:
     assert "SmolLM2-135M-Instruct" in page.locator("#df-model-info").inner_text()
-    page.get_by_text("System prompt and sampling").click()
-    temperature = page.get_by_label("number input for Temperature (0 = greedy)")
-    temperature.fill("0")
-    temperature.press("Enter")
+    _set_number(page, "Temperature (0 = greedy)", 0)
     _send(page, "What is the capital of Japan?")
     _wait_status(page, "tok/s")
     assert "Tokyo" in _bot_text(page)
@@ -122,9 +117,7 @@ def test_send_see_streamed_reply_then_stop(page) -> None:
         page.screenshot(path=str(Path(SHOTS) / "screenshot-chat.png"), full_page=True)
 
     # A long reply: watch it grow in several steps, then press Stop and check it stops growing.
-    box = page.get_by_label("number input for Max new tokens")
-    box.fill("1024")
-    box.press("Enter")
+    _set_number(page, "Max new tokens", 1024)
     _send(page, "Write a long story about a dragon who learns to bake bread.")
     lengths: list[int] = []
     deadline = time.monotonic() + 60

@@ -16,7 +16,7 @@ import pytest
 from core.config import AppConfig
 from core.engine import Engine
 from core.train.progress import RunProgress
-from tests.helpers import browser_page, isolated_home, serve
+from tests.helpers import browser_page, isolated_home, serve, set_number
 
 pytestmark = pytest.mark.e2e
 
@@ -164,9 +164,7 @@ def test_pick_sample_train_then_chat_with_the_adapter(app_url: str) -> None:
         assert "'role'" not in page.locator("#df-ft-preview").inner_text()
         assert page.locator("#df-ft-name input, #df-ft-name textarea").first.input_value() == "acme-support"
 
-        budget = page.get_by_label("number input for Time budget (minutes)")
-        budget.fill(BUDGET_MINUTES)
-        budget.press("Enter")
+        set_number(page, "Time budget (minutes)", float(BUDGET_MINUTES))
         page.locator("#df-ft-start").click()
 
         # Live progress: the headline shows steps, the bar moves, the loss curve draws while the run trains
