@@ -11,7 +11,22 @@ from core.errors import ExportError
 log = logging.getLogger(__name__)
 
 
-def merge(name: str) -> Path:
+def merged_dir(name: str, home: Path | None = None) -> Path:
+    """``merged/<name>/`` in the DemoForge home ``home`` (the environment's home when None)."""
+    return store.subdir("merged", home) / store.safe_name(name)
+
+
+def fresh_merge(info: adapters.AdapterInfo, home: Path | None = None) -> Path | None:
+    """``merged/<name>/`` if a merge of this adapter's current weights already wrote it, else None (a folder
+    older than the adapter is from a deleted adapter of the same name)."""
+    weights = merged_dir(info.name, home) / "model.safetensors"
+    adapter_weights = info.path / "adapter_model.safetensors"
+    if weights.is_file() and weights.stat().st_mtime >= adapter_weights.stat().st_mtime:
+        return weights.parent
+    return None
+
+
+def merge(name: str, home: Path | None = None) -> Path:
     """Merge adapter ``name`` into a fresh copy of its base and save it to ``merged/<name>/`` (safetensors).
 
     A fresh base is loaded, so the model the app is serving is never modified. The folder appears atomically.
@@ -22,7 +37,7 @@ def merge(name: str) -> Path:
 
     from core.models import resolve_base
 
-    info = adapters.get(name)
+    info = adapters.get(name, home)
     base_path = resolve_base(info.base_model, info.task, info.card.get("base_model_path"))
     if info.task == "classification":
         labels = info.labels
@@ -43,7 +58,7 @@ def merge(name: str) -> Path:
     # core.train saves the tokenizer (with any chat template it set) beside the adapter; fall back to the base's.
     has_tokenizer = (info.path / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(info.path if has_tokenizer else base_path)
-    target = store.subdir("merged") / info.name
+    target = merged_dir(info.name, home)
     with store.atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -56,8 +71,13 @@ def merge(name: str) -> Path:
     return target
 
 
-def push(name: str, repo_id: str, token: str, merged: bool = False, private: bool = True) -> str:
+def push(
+    name: str, repo_id: str, token: str, merged: bool = False, private: bool = True, home: Path | None = None
+) -> str:
     """Upload the adapter (or its merged model) to the Hub repo ``repo_id``; returns the repo URL.
+
+    A merged upload reuses ``merged/<name>/`` when a merge already wrote it (the library merges on the model
+    thread first), so the weights are not merged twice.
 
     Raises:
         ExportError: no token, a malformed repo id, or the Hub cannot be reached (with what to do instead).
@@ -69,7 +89,10 @@ def push(name: str, repo_id: str, token: str, merged: bool = False, private: boo
         raise ExportError("A Hugging Face token with write access is needed: paste one from hf.co/settings/tokens.")
     if repo_id.count("/") != 1 or not all(part.strip() for part in repo_id.split("/")):
         raise ExportError(f"Repo id {repo_id!r} must look like 'your-name/model-name'.")
-    folder = merge(name) if merged else adapters.get(name).path
+    info = adapters.get(name, home)
+    folder = info.path
+    if merged:
+        folder = fresh_merge(info, home) or merge(info.name, home)
     api = HfApi(token=token.strip())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)

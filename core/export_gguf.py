@@ -268,7 +268,7 @@ def export_merged(
     on_progress: Progress = _noop,
 ) -> ExportResult:
     """Merge adapter ``name`` into its base and write ``exports/<name>/<name>-<qtype>.gguf`` and a Modelfile."""
-    from core.export import merge
+    from core.export import fresh_merge, merge
     from core.serve_recipes import write_modelfile
 
     info = adapters.get(name, home)
@@ -276,13 +276,12 @@ def export_merged(
         raise ExportError(
             f"{name!r} is a classification adapter; GGUF export is for chat adapters (llama.cpp and Ollama chat)."
         )
-    merged = store.subdir("merged") / info.name  # where core.export.merge writes
-    weights = merged / "model.safetensors"
-    if weights.is_file() and weights.stat().st_mtime >= (info.path / "adapter_model.safetensors").stat().st_mtime:
+    merged = fresh_merge(info, home)
+    if merged is not None:
         on_progress(0.0, "Reusing the merged model")  # F16 then Q8_0 merge once
     else:
         on_progress(0.0, "Merging the adapter into its base")
-        merged = merge(info.name)
+        merged = merge(info.name, home)
     folder = export_dir(info.name, home)
     gguf_file = write_gguf(
         merged,

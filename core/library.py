@@ -66,7 +66,7 @@ class Library:
         """Merge into a fresh copy of its base and save as safetensors (on the model thread)."""
         from core.export import merge
 
-        return self._run(merge, name)
+        return self._run(merge, name, self.home)
 
     def export_gguf(
         self, name: str, kind: str, system: str | None = None, on_progress: Callable[[float, str], None] | None = None
@@ -89,5 +89,5 @@ class Library:
         from core.export import merge, push
 
         if merged:
-            self._run(merge, name)  # torch work stays on the model thread; push then uploads the folder
-        return push(name, repo_id, token, merged=merged)
+            self._run(merge, name, self.home)  # torch work stays on the model thread; push uploads that folder
+        return push(name, repo_id, token, merged=merged, home=self.home)

@@ -99,6 +99,31 @@ def test_merge_saves_safetensors_that_reproduce_the_adapter(library: dict) -> No
     assert _greedy(Engine(AppConfig(model=str(merged), device="cpu", dtype="float32")), None) == with_a
 
 
+def test_an_engine_with_its_own_home_merges_into_that_home_once(
+    library: dict, demoforge_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library's merge writes under the engine's home, not the environment's, and a merged push reuses it."""
+    import shutil
+
+    from core import export
+
+    own = tmp_path / "own-home"
+    shutil.copytree(demoforge_home / "adapters", own / "adapters")
+    engine = Engine(AppConfig(model=str(library["base"]), device="cpu", dtype="float32"), home=own)
+    merged = engine.library.merge("alpha")
+    assert merged == own / "merged" / "alpha" and (merged / "model.safetensors").is_file()
+    assert not (demoforge_home / "merged").exists()
+    calls: list[str] = []
+    real_merge = export.merge
+    monkeypatch.setattr(export, "merge", lambda *a, **k: calls.append("merge") or real_merge(*a, **k))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ExportError, match="offline|reach"):
+        export.push("alpha", "me/alpha", "hf_x", merged=True, home=own)
+    assert calls == []  # the fresh merge above was reused, not merged again
+    (own / "adapters" / "alpha" / "adapter_model.safetensors").touch()  # newer weights: the merge is stale
+    assert export.fresh_merge(adapters.get("alpha", own), own) is None
+
+
 def test_push_without_token_or_offline_is_a_clear_error(library: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ExportError, match="token"):
         push("alpha", "me/alpha", "")
