@@ -113,10 +113,10 @@ class AppConfig:
             raise ConfigError(f"engine={self.engine!r}: use 'auto', 'transformers' or 'llamacpp'.")
         if self.backend not in ("local", "openai"):
             raise ConfigError(f"backend={self.backend!r}: use 'local' or 'openai'.")
-        if self.backend == "openai" and not (self.base_url or "").strip():
+        if self.backend == "openai" and not (self.base_url or "").startswith(("http://", "https://")):
             raise ConfigError(
-                "--backend openai needs --base-url, the server's API root (e.g. http://127.0.0.1:8000/v1 for vLLM, "
-                "http://127.0.0.1:11434/v1 for Ollama)."
+                f"--backend openai needs --base-url, the server's API root (got {self.base_url!r}; e.g. "
+                "http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:11434/v1 for Ollama)."
             )
         if self.share and self.auth is None:
             raise ConfigError(

@@ -288,3 +288,40 @@ def test_adapter_not_served_names_the_command(fake, tmp_path):
     with pytest.raises(AdapterError):
         b.switch_adapter("bot")
     assert tries == 1 and len([r for r in fake.requests if r["path"] == "/v1/load_lora_adapter"]) == 1  # remembered
+
+
+def test_serve_commands_give_the_demoforge_line_for_each_server(tmp_path):
+    from core.serve_recipes import serve_commands
+
+    _fake_adapter(tmp_path, "bot")
+    text = serve_commands("bot", tmp_path)
+    app = "python app.py --backend openai --base-url http://127.0.0.1:{}/v1 --served-model {}"
+    assert app.format(8000, "HuggingFaceTB/SmolLM2-135M-Instruct") in text  # vLLM: the base; the adapter by name
+    assert app.format(8080, "bot") in text  # llama.cpp server: --alias bot
+    assert app.format(11434, "bot") in text  # Ollama's OpenAI endpoint
+    assert str(tmp_path) not in text
+
+
+def test_app_flags_build_the_remote_config(monkeypatch):
+    import app
+
+    monkeypatch.setenv("DEMOFORGE_API_KEY", KEY)
+    args = app.parse_args(["--backend", "openai", "--base-url", "http://h:8000/v1", "--served-model", "m"])
+    config = app.config_from_args(args)
+    assert (config.backend, config.base_url, config.served_model, config.api_key) == (
+        "openai",
+        "http://h:8000/v1",
+        "m",
+        KEY,
+    )
+    assert (
+        app.config_from_args(
+            app.parse_args(["--backend", "openai", "--base-url", "https://h/v1", "--api-key", "k"])
+        ).api_key
+        == "k"
+    )
+    monkeypatch.delenv("DEMOFORGE_API_KEY")
+    with pytest.raises(ConfigError, match="needs --base-url"):
+        app.config_from_args(app.parse_args(["--backend", "openai"]))
+    with pytest.raises(ConfigError, match="got 'localhost:8000'"):
+        app.config_from_args(app.parse_args(["--backend", "openai", "--base-url", "localhost:8000"]))
