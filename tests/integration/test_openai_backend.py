@@ -204,3 +204,23 @@ def test_wrong_base_url_fails_fast_and_clearly():
         with pytest.raises(Exception, match=rf"Cannot reach the chat server at {url}"):
             chat(client, "Hi").result(timeout=30)
         assert time.monotonic() - start < 8
+
+
+@pytest.mark.e2e
+def test_browser_draws_the_served_model_picker_and_chats(remote):
+    """Chromium: the builder's Chat tab shows the served-model picker and the remote label; a reply streams."""
+    from tests.helpers import browser_page
+
+    _, _, client = remote
+    with browser_page(client.src) as page:
+        assert "OpenAI-compatible server at http://127.0.0.1" in page.locator("#df-model-info").inner_text()
+        assert page.locator("#df-served-model input").input_value() == ALIAS
+        page.locator("#df-served-model input").click()
+        assert page.locator(f'[role="option"][aria-label="{ALIAS}"]').count() >= 1
+        page.keyboard.press("Escape")
+        page.locator("#df-msg textarea").fill("Say hello.")
+        page.locator("#df-send").click()
+        page.wait_for_function(
+            "() => document.querySelector('#df-status').innerText.includes('tok/s')", timeout=120_000
+        )
+        assert page.locator('#df-chatbot [data-testid="bot"]').last.inner_text().strip()

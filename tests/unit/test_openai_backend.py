@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.backends.openai_backend import OpenAIBackend, OpenAIOptions, context_of, fit_messages, sampling_request
+from core.backends.openai_backend import OpenAIBackend, OpenAIOptions
+from core.backends.openai_request import context_of, fit_messages, sampling_request
 from core.config import AppConfig, GenerationSettings
 from core.errors import AdapterError, ChatError, ConfigError
 
@@ -325,3 +326,13 @@ def test_app_flags_build_the_remote_config(monkeypatch):
         app.config_from_args(app.parse_args(["--backend", "openai"]))
     with pytest.raises(ConfigError, match="got 'localhost:8000'"):
         app.config_from_args(app.parse_args(["--backend", "openai", "--base-url", "localhost:8000"]))
+
+
+def test_served_picker_only_for_a_remote_backend(fake):
+    from types import SimpleNamespace
+
+    from demo.chat.served import remote
+
+    assert remote(SimpleNamespace(backend=object())) is None  # local engines: no picker
+    b = backend(fake.url)
+    assert remote(SimpleNamespace(backend=b)) is b
