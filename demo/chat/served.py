@@ -28,7 +28,7 @@ class ServedPicker:
 
 def remote(engine: Engine) -> Any | None:
     """The engine's chat backend when it is a remote server (it lists served models), else None."""
-    backend = engine.backend
+    backend = getattr(engine, "backend", None)  # test doubles of the engine have none
     return backend if callable(getattr(backend, "served_models", None)) else None
 
 
