@@ -77,6 +77,7 @@ class OpenAIBackend(ChatBackend):
         import openai
 
         self._openai, self._httpx = openai, httpx2
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per request would flood the server log
         self.options, self.base_model, self.home = options, base_model, home
         timeout = httpx2.Timeout(options.read_timeout_s, connect=options.connect_timeout_s)
         # max_retries=0: a retry would double every failure's wait, and a streamed request must not be sent twice.
