@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--backend openai: the served model to chat with (default: the first the server lists). --model stays "
         "the local base your adapters are trained on",
     )
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=2048,
+        help="--backend openai: the served model's context when the server does not say (vLLM and llama-server do)",
+    )
     return p.parse_args(argv)
 
 
@@ -108,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         base_url=args.base_url,
         api_key=args.api_key or os.environ.get("DEMOFORGE_API_KEY") or None,
         served_model=args.served_model,
+        context_length=args.context_length,
     )
 
 

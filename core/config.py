@@ -96,6 +96,9 @@ class AppConfig:
     """backend 'openai': the server's key (``--api-key`` or ``DEMOFORGE_API_KEY``); never logged or shown."""
     served_model: str | None = None
     """backend 'openai': the served model to chat with; None: the first the server lists (the builder can switch)."""
+    context_length: int = 2048
+    """backend 'openai': the served model's context window when the server does not state it in /v1/models
+    (vLLM and llama.cpp's llama-server do); old turns are trimmed to fit it."""
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 1, 65535)
@@ -113,6 +116,7 @@ class AppConfig:
             raise ConfigError(f"engine={self.engine!r}: use 'auto', 'transformers' or 'llamacpp'.")
         if self.backend not in ("local", "openai"):
             raise ConfigError(f"backend={self.backend!r}: use 'local' or 'openai'.")
+        _check_range("context_length", self.context_length, 64, 10_000_000)
         if self.backend == "openai" and not (self.base_url or "").startswith(("http://", "https://")):
             raise ConfigError(
                 f"--backend openai needs --base-url, the server's API root (got {self.base_url!r}; e.g. "

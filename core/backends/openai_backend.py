@@ -97,6 +97,7 @@ class OpenAIBackend(ChatBackend):
             base_url=c.base_url or "",
             api_key=c.api_key,
             model=c.served_model,
+            context_length=c.context_length,
             concurrency=c.concurrency if c.concurrency > 1 else OpenAIOptions.concurrency,
         )
         return cls(options, c.model, engine.home)

@@ -307,8 +307,9 @@ def test_app_flags_build_the_remote_config(monkeypatch):
     import app
 
     monkeypatch.setenv("DEMOFORGE_API_KEY", KEY)
-    args = app.parse_args(["--backend", "openai", "--base-url", "http://h:8000/v1", "--served-model", "m"])
-    config = app.config_from_args(args)
+    flags = ["--backend", "openai", "--base-url", "http://h:8000/v1", "--served-model", "m", "--context-length", "4096"]
+    config = app.config_from_args(app.parse_args(flags))
+    assert config.context_length == 4096
     assert (config.backend, config.base_url, config.served_model, config.api_key) == (
         "openai",
         "http://h:8000/v1",
@@ -336,3 +337,18 @@ def test_served_picker_only_for_a_remote_backend(fake):
     assert remote(SimpleNamespace(backend=object())) is None  # local engines: no picker
     b = backend(fake.url)
     assert remote(SimpleNamespace(backend=b)) is b
+
+
+def test_long_history_is_trimmed_with_a_notice(fake):
+    fake.models = [{"id": "base-model", "object": "model"}]  # states no context: the configured one applies
+    b = backend(fake.url, context_length=300)
+    history = []
+    for i in range(6):
+        history += [{"role": "user", "content": f"q{i} " + "x" * 200}, {"role": "assistant", "content": "y" * 200}]
+    history.append({"role": "user", "content": "last question"})
+    pieces = list(b.stream(history, GREEDY))
+    assert "oldest" in pieces[0].notice and "estimated" in pieces[0].notice and pieces[-1].done
+    sent = fake.requests[-1]["messages"]
+    assert sent[-1]["content"] == "last question" and len(sent) < len(history) and sent[0]["role"] == "user"
+    with pytest.raises(ChatError, match="leaves no room"):
+        list(b.stream(ASK, GenerationSettings(max_new_tokens=296)))
