@@ -63,6 +63,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=None, help="chats at once (default: 8 on llama.cpp, 1 on transformers)"
     )
     p.add_argument("--max-upload-mb", type=int, default=50)
+    p.add_argument(
+        "--backend",
+        default=os.environ.get("DEMOFORGE_BACKEND", "local"),
+        choices=["local", "openai"],
+        help="where chat runs: 'local' (--engine, in this process) or 'openai' (an OpenAI-compatible server: "
+        "vLLM, TGI, llama.cpp's server, Ollama); classification and training stay local",
+    )
+    p.add_argument(
+        "--base-url",
+        default=os.environ.get("DEMOFORGE_BASE_URL"),
+        help="--backend openai: the server's API root, e.g. http://127.0.0.1:8000/v1 (or env DEMOFORGE_BASE_URL)",
+    )
+    p.add_argument(
+        "--api-key", default=None, help="--backend openai: the server's API key (or env DEMOFORGE_API_KEY; never shown)"
+    )
+    p.add_argument(
+        "--served-model",
+        default=os.environ.get("DEMOFORGE_SERVED_MODEL"),
+        help="--backend openai: the served model to chat with (default: the first the server lists). --model stays "
+        "the local base your adapters are trained on",
+    )
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=2048,
+        help="--backend openai: the served model's context when the server does not say (vLLM and llama-server do)",
+    )
     return p.parse_args(argv)
 
 
@@ -83,6 +110,11 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         concurrency=args.concurrency or 1,
         engine=args.engine,
         max_upload_mb=args.max_upload_mb,
+        backend=args.backend,
+        base_url=args.base_url,
+        api_key=args.api_key or os.environ.get("DEMOFORGE_API_KEY") or None,
+        served_model=args.served_model,
+        context_length=args.context_length,
     )
 
 
@@ -106,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(config)
     start = time.perf_counter()
     try:
-        print(f"Loading model {config.model!r}…", flush=True)
+        remote = config.backend == "openai"
+        print(f"Connecting to {config.base_url}…" if remote else f"Loading model {config.model!r}…", flush=True)
         label = engine.chat_label()
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -87,6 +87,18 @@ class AppConfig:
     engine: Literal["auto", "transformers", "llamacpp"] = "auto"
     """Chat engine: 'llamacpp' (fast, CPU, GGUF models), 'transformers' (the reference), or 'auto' (llama.cpp
     where it is installed and the model is a GGUF, else transformers; the model label says which and why)."""
+    backend: Literal["local", "openai"] = "local"
+    """Where chat runs: 'local' (``engine``, in this process) or 'openai' (a remote OpenAI-compatible server:
+    vLLM, TGI, llama.cpp's server, Ollama). Classification and training stay local either way."""
+    base_url: str | None = None
+    """backend 'openai': the server's API root, e.g. http://127.0.0.1:8000/v1."""
+    api_key: str | None = field(default=None, repr=False)
+    """backend 'openai': the server's key (``--api-key`` or ``DEMOFORGE_API_KEY``); never logged or shown."""
+    served_model: str | None = None
+    """backend 'openai': the served model to chat with; None: the first the server lists (the builder can switch)."""
+    context_length: int = 2048
+    """backend 'openai': the served model's context window when the server does not state it in /v1/models
+    (vLLM and llama.cpp's llama-server do); old turns are trimmed to fit it."""
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 1, 65535)
@@ -102,6 +114,14 @@ class AppConfig:
             )
         if self.engine not in ("auto", "transformers", "llamacpp"):
             raise ConfigError(f"engine={self.engine!r}: use 'auto', 'transformers' or 'llamacpp'.")
+        if self.backend not in ("local", "openai"):
+            raise ConfigError(f"backend={self.backend!r}: use 'local' or 'openai'.")
+        _check_range("context_length", self.context_length, 64, 10_000_000)
+        if self.backend == "openai" and not (self.base_url or "").startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--backend openai needs --base-url, the server's API root (got {self.base_url!r}; e.g. "
+                "http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:11434/v1 for Ollama)."
+            )
         if self.share and self.auth is None:
             raise ConfigError(
                 "--share makes the app public: set --auth user:password (or DEMOFORGE_AUTH) so strangers "

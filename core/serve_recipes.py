@@ -149,19 +149,23 @@ def serve_commands(name: str, home: Path | None = None) -> str:
     exports = f"exports/{info.name}"
     exported = (root / exports / f"{info.name}.lora.gguf").is_file()
     modelfile = (root / exports / "Modelfile").is_file()
-    # Each server speaks the OpenAI API; the last line of a block checks that it lists the adapter's name.
-    # (DemoForge's own client for such servers, issue 12's `--backend openai`, is not built yet.)
+    # Each server speaks the OpenAI API: a block serves the adapter, checks that the server lists its name, and
+    # starts DemoForge in front of it (issue 12's `--backend openai`; chat goes there, classify and training stay).
     front = "curl -s http://127.0.0.1:{port}/v1/models  # lists " + info.name
+    app = "python app.py --backend openai --base-url http://127.0.0.1:{port}/v1 --served-model {model}"
     parts = [
         f"### Serve **{info.name}** on a backend",
         "Run these from the DemoForge home folder (`DEMOFORGE_HOME`; copy `adapters/` and `exports/` to the "
         "serving machine). Each server then answers OpenAI-compatible requests with `model` set to the adapter's name; "
-        "the last line of each block checks that it is listed.",
-        f"**vLLM** (base: {note}):",
+        "the second line of each block checks that it is listed, the last starts DemoForge in front of it "
+        "(add `--api-key KEY` if the server has one).",
+        f"**vLLM** (base: {note}); DemoForge chats with the base, and picking **{info.name}** in the Chat tab's "
+        "adapter list sends its requests to the served adapter:",
         "```bash\n"
         f"vllm serve {base} --enable-lora --lora-modules {info.name}={adapter_dir}{rank_flag} --port 8000\n"
-        f"{front.format(port=8000)}\n```",
-        "Or load it into a running vLLM (started with `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and `--enable-lora`):",
+        f"{front.format(port=8000)}\n{app.format(port=8000, model=base)}\n```",
+        "Or load it into a running vLLM (started with `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and `--enable-lora`; "
+        "DemoForge does this itself when the adapter is picked and the server can read its folder):",
         "```bash\ncurl -X POST http://127.0.0.1:8000/v1/load_lora_adapter -H 'Content-Type: application/json' "
         f"""-d '{{"lora_name": "{info.name}", "lora_path": "{adapter_dir}"}}'\n```""",
         "**llama.cpp server** with the GGUF LoRA"
@@ -169,8 +173,9 @@ def serve_commands(name: str, home: Path | None = None) -> str:
         + ":",
         "```bash\n"
         f"llama-server -m {exports}/base.gguf --lora {exports}/{info.name}.lora.gguf --alias {info.name} --port 8080\n"
-        f"{front.format(port=8080)}\n```",
+        f"{front.format(port=8080)}\n{app.format(port=8080, model=info.name)}\n```",
         "**Ollama**" + ("" if modelfile else " (export first: any type writes the Modelfile)") + ":",
-        f"```bash\nollama create {info.name} -f {exports}/Modelfile\n{front.format(port=11434)}\n```",
+        f"```bash\nollama create {info.name} -f {exports}/Modelfile\n{front.format(port=11434)}\n"
+        f"{app.format(port=11434, model=info.name)}\n```",
     ]
     return "\n\n".join(parts)

@@ -19,6 +19,7 @@ from core.engine import Engine
 from demo.chat.column import ChatColumn, build_chat_column, wire_chat_column
 from demo.chat.common import BASE, adapter_choices
 from demo.chat.compare import Compare, build_compare, wire_compare
+from demo.chat.served import build_served_picker, wire_served_picker
 
 __all__ = ["BASE", "ChatTab", "adapter_choices", "build_chat_tab"]
 
@@ -38,8 +39,11 @@ class ChatTab:
 
 def build_chat_tab(engine: Engine, profile: DemoProfile, concurrency: int = 1) -> ChatTab:
     """Build the Chat tab inside the current Blocks context and wire its events."""
+    served = build_served_picker(engine)  # chat on a remote server: the builder picks the served model
     column = build_chat_column(engine, profile)
     compare = build_compare(engine)
+    if served is not None:
+        wire_served_picker(engine, served, column.model_info)
     wire_chat_column(engine, column, concurrency)
     wire_compare(engine, compare, column.sampling, concurrency)
     return ChatTab(column, compare)

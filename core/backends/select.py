@@ -46,13 +46,18 @@ def llama_cpp_missing() -> str | None:
 
 
 def select_backend(engine: Engine) -> ChatBackend:
-    """The backend for ``engine.config.engine``: 'transformers', 'llamacpp', or 'auto' (llama.cpp where it can run).
+    """The backend for ``engine.config.engine``: 'transformers', 'llamacpp', or 'auto' (llama.cpp where it can run);
+    with ``config.backend == 'openai'``, the remote OpenAI-compatible server instead.
 
     Never fails for a fast-engine problem: it falls back to transformers and the label says why.
     """
     from core.backends.transformers_backend import TransformersBackend
 
     config = engine.config
+    if config.backend == "openai":  # chat on a remote server: nothing chat-related loads here
+        from core.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend.from_engine(engine)
     choice = getattr(config, "engine", "auto")
     if choice == "transformers":
         return TransformersBackend(engine)
