@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports after the flags are checked, so a typo fails in a fraction of a second.
     from core import zerogpu
 
-    if zerogpu.prepare():  # on a ZeroGPU Space `spaces` must come before torch (core/zerogpu.py)
+    if zerogpu.prepare(config):  # on a ZeroGPU Space `spaces` must come before torch (core/zerogpu.py)
         print("ZeroGPU Space: model calls borrow a GPU per request; training is off.", flush=True)
     from core.engine import Engine
 

@@ -60,12 +60,18 @@ def active() -> bool:
     return detected() and importlib.util.find_spec("spaces") is not None
 
 
-def prepare() -> bool:
-    """Import ``spaces`` on a ZeroGPU Space; call before anything imports torch. Returns :func:`active`."""
+def prepare(config: Any = None) -> bool:
+    """Import ``spaces`` on a ZeroGPU Space; call before anything imports torch. Returns :func:`active`.
+
+    ``config`` (an AppConfig) is set to chat with transformers: llama.cpp here is a CPU build, and its threads
+    would not exist in a forked GPU worker.
+    """
     if not active():
         return False
     import spaces  # noqa: F401 - imported for its torch patches
 
+    if config is not None:
+        config.engine = "transformers"
     return True
 
 

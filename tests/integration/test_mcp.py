@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -24,6 +30,7 @@ from demo.server import AUDIENCE_PATH, MCP_SUBPATH, build_server, running
 from tests.helpers import free_port, isolated_home
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 BUILDER = ("boss", "boss-pw")
 LABELS = ["sports", "cooking", "finance", "weather"]
@@ -134,3 +141,37 @@ def test_builder_mode_serves_mcp_from_the_audience_app_only(tmp_path_factory: py
             with httpx.Client(base_url=url, timeout=30) as http:  # the builder at / has none
                 r = http.post(MCP_SUBPATH, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
             assert r.status_code >= 400, r.text[:300]
+
+
+def test_app_py_mcp_flag_serves_the_tools(tmp_path: Path) -> None:
+    """`python app.py --mcp` as a user starts it: the printed MCP URL answers with the two tools."""
+    profile = tmp_path / "mcp.yaml"
+    profile.write_text(yaml.safe_dump(_profile().to_dict()), encoding="utf-8")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("SPACE_ID", None)
+    cmd = [sys.executable, "app.py", "--mcp", "--mode", "audience", "--port", str(port), "--profile", str(profile)]
+    with isolated_home(tmp_path / "home"):
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**env, "DEMOFORGE_HOME": os.environ["DEMOFORGE_HOME"]},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        deadline, lines, mcp_url = time.monotonic() + 240, [], None
+        while mcp_url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("MCP server"):
+                mcp_url = line.rsplit(" ", 1)[-1].strip()
+        assert mcp_url == f"http://127.0.0.1:{port}{MCP_SUBPATH}", "".join(lines)[-3000:]
+        tools = _mcp(mcp_url, lambda s: s.list_tools())
+        assert {t.name for t in tools.tools} == {"chat", "classify"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

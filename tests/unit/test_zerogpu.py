@@ -29,7 +29,8 @@ from core.engine import MODEL_THREAD, Engine
 from core.errors import TrainError
 from core.models import pick_device, pick_dtype
 from demo import finetune_run
-from demo.server import build_server
+from demo.server import build_server, running
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,7 +124,9 @@ class StubEngine:
 
 def test_off_zerogpu_everything_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(zerogpu.ENV, raising=False)
-    assert not zerogpu.active() and not zerogpu.prepare()
+    config = AppConfig(engine="auto")
+    assert not zerogpu.active() and not zerogpu.prepare(config)
+    assert config.engine == "auto"
 
     def fn() -> int:
         return 1
@@ -159,11 +162,37 @@ def test_prepare_imports_spaces_only_on_zerogpu() -> None:
     assert out.stdout.strip() == "False", out.stderr[-2000:]
 
 
+@pytest.mark.ui
+def test_a_served_app_chats_with_spaces_imported(
+    tiny_models: dict[str, Path], demoforge_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CPU Space has `spaces` installed (the Gradio SDK image, and our pin); the app must serve as before.
+    monkeypatch.delenv(zerogpu.ENV, raising=False)
+    import spaces
+    from gradio_client import Client
+
+    assert spaces.GPU(duration=5)(len) is len
+    profile = DemoProfile(title="t", max_new_tokens=8, temperature=0.0)
+    config = AppConfig(model=str(tiny_models["llama"]), mode="audience", profile=profile)
+    engine = Engine(config)
+    served = build_server(engine, config, mcp=True)
+    with running(served, "127.0.0.1", free_port()) as url:
+        reply = Client(url, verbose=False).predict("w1 w2 good", None, api_name="/chat")
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=8)
+    direct = list(engine.chat_stream([{"role": "user", "content": "w1 w2 good"}], settings, profile.system_prompt))
+    assert direct[-1].text and reply == direct[-1].text
+
+
 # --- simulated ZeroGPU ----------------------------------------------------------------------------------------------
 
 
+def test_prepare_chats_with_transformers_on_zerogpu(zero_gpu: FakeSpaces) -> None:
+    config = AppConfig(engine="auto")
+    assert zerogpu.active() and zerogpu.prepare(config)
+    assert config.engine == "transformers"  # llama.cpp is a CPU build, and a forked worker has none of its threads
+
+
 def test_model_calls_go_through_spaces_gpu_with_a_duration(zero_gpu: FakeSpaces) -> None:
-    assert zerogpu.active() and zerogpu.prepare()
     engine = zerogpu.on_gpu(StubEngine())
     assert zerogpu.on_gpu(engine) is engine  # wrapped once
     pieces = list(engine.chat_stream([{"role": "user", "content": "hi"}], GenerationSettings(), None, adapter="a"))
