@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from core import zerogpu
 from core.arena import VoteStore
 from core.auth import LoginThrottle
-from core.config import AppConfig
+from core.config import AppConfig, ConfigError
 from demo import build_app, launch_options
 from demo.audience import accent_css, build_audience_app
 from demo.presenter import add_presenter_panel
@@ -40,6 +40,11 @@ BUILDER_PATH = "/builder"
 AUDIENCE_PATH = "/audience"
 """Where builder mode serves the audience app when ``--mcp`` asks for its MCP server (audience mode has it at /)."""
 MCP_SUBPATH = "/gradio_api/mcp/"
+MCP_WITH_PASSWORD = (
+    "--mcp cannot be combined with a password on the demo (--auth or DEMOFORGE_AUTH): MCP clients cannot sign in "
+    "through the login page, so every tool call would be refused. Serve the MCP tools without a password (drop "
+    "--auth), or the password without --mcp."
+)
 
 
 def build_builder_app(engine: Any, config: AppConfig, votes: VoteStore) -> gr.Blocks:
@@ -144,6 +149,9 @@ def build_server(
     mode), whose only public endpoints are then chat and classify; the builder app never gets one (``mcp_server``
     is passed as False, so GRADIO_MCP_SERVER=true in the environment cannot turn it on either).
     """
+    if mcp and config.auth is not None:
+        # Measured: Gradio lists the tools to anyone, and each call fails on its own loopback sign-in.
+        raise ConfigError(MCP_WITH_PASSWORD)
     engine = zerogpu.on_gpu(engine)  # on a ZeroGPU Space every model call borrows the GPU; elsewhere unchanged
     profile = config.profile
     votes = votes or VoteStore(retention_days=profile.retention_days)

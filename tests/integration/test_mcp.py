@@ -24,7 +24,7 @@ import yaml
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from core.config import AppConfig, DemoProfile
+from core.config import AppConfig, ConfigError, DemoProfile
 from core.engine import Engine
 from demo.server import AUDIENCE_PATH, MCP_SUBPATH, build_server, running
 from tests.helpers import free_port, isolated_home
@@ -128,6 +128,14 @@ def test_mcp_refuses_a_builder_endpoint_as_a_tool(audience_mode: dict) -> None:
     result = _mcp(audience_mode["url"] + MCP_SUBPATH, call)
     assert result.isError
     assert "Unknown tool" in "".join(getattr(b, "text", "") for b in result.content)
+
+
+def test_mcp_with_a_demo_password_is_refused_in_words(tmp_path: Path) -> None:
+    # MCP clients cannot pass Gradio's login page: the tools would be listed to anyone and every call refused.
+    with isolated_home(tmp_path):
+        config = AppConfig(mode="audience", auth=("guest", "pw"), profile=_profile())
+        with pytest.raises(ConfigError, match="--mcp cannot be combined with a password on the demo"):
+            build_server(Engine(config), config, mcp=True)
 
 
 def test_builder_mode_serves_mcp_from_the_audience_app_only(tmp_path_factory: pytest.TempPathFactory) -> None:
