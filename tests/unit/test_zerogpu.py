@@ -183,6 +183,17 @@ def test_a_served_app_chats_with_spaces_imported(
     assert direct[-1].text and reply == direct[-1].text
 
 
+def test_the_space_bundle_pins_spaces_and_mcp(demoforge_home: Path, tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    from core.publish import build_bundle
+
+    bundle = build_bundle([], DemoProfile(title="Pins"), tmp_path / "bundle", vendor_models=False)
+    pins = (bundle.path / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    for name in ("spaces", "mcp", "gradio"):  # the versions tested here are the ones a Space installs
+        assert f"{name}=={version(name)}" in pins
+
+
 # --- simulated ZeroGPU ----------------------------------------------------------------------------------------------
 
 
