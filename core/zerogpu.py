@@ -145,9 +145,6 @@ class _GPUTraining:
 class GPUEngine:
     """An engine whose model calls run through ``spaces.GPU``; every other attribute is the engine's own."""
 
-    zerogpu = True
-    """Read by the UI to say that training is off here."""
-
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self._chat = gpu(self._stream, CHAT_SECONDS)
