@@ -159,6 +159,7 @@ def test_app_py_mcp_flag_serves_the_tools(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop("SPACE_ID", None)
     cmd = [sys.executable, "app.py", "--mcp", "--mode", "audience", "--port", str(port), "--profile", str(profile)]
+    (tmp_path / "home").mkdir()
     with isolated_home(tmp_path / "home"):
         proc = subprocess.Popen(
             cmd,
