@@ -90,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2048,
         help="--backend openai: the served model's context when the server does not say (vLLM and llama-server do)",
     )
+    p.add_argument(
+        "--mcp",
+        action="store_true",
+        default=os.environ.get("DEMOFORGE_MCP", "").lower() in ("1", "true", "yes"),
+        help="also serve an MCP server (streamable HTTP at <audience url>/gradio_api/mcp/) with the audience-safe "
+        "tools only: chat and classify (or env DEMOFORGE_MCP=1)",
+    )
     return p.parse_args(argv)
 
 
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Heavy imports after the flags are checked, so a typo fails in a fraction of a second.
+    from core import zerogpu
+
+    if zerogpu.prepare(config):  # on a ZeroGPU Space `spaces` must come before torch (core/zerogpu.py)
+        print("ZeroGPU Space: model calls borrow a GPU per request; training is off.", flush=True)
     from core.engine import Engine
 
     # A published Space bundle carries its adapters beside app.py: copy them into the DemoForge home (issue 11).
@@ -136,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if seeded := seed_home(Path(__file__).resolve().parent):
         print(f"Adapters from the bundle: {', '.join(seeded)}", flush=True)
     engine = Engine(config)
+    zerogpu.attach(engine)
     start = time.perf_counter()
     try:
         remote = config.backend == "openai"
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # --- role split (issue 11): one server, the audience app at / and the builder app at /builder in audience mode,
     # the builder app at / otherwise; see demo/server.py.
     try:
-        serve_forever(engine, config)
+        serve_forever(engine, config, mcp=args.mcp)
     except ConfigError as exc:  # a profile naming adapters or labels the library has not got
         print(f"error: {exc}", file=sys.stderr)
         return 2

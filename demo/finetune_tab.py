@@ -11,6 +11,7 @@ from functools import partial
 
 import gradio as gr
 
+from core import zerogpu
 from core.config import TASK_DEFAULTS
 from core.engine import Engine
 from demo import finetune_run as run
@@ -134,6 +135,8 @@ def _build_form() -> tuple[TrainForm, gr.Dropdown, gr.File]:
 
 def build_finetune_tab(engine: Engine) -> FinetuneTab:
     """Build the Fine-tune tab inside the current Blocks context and wire its events; returns its components."""
+    if zerogpu.active():  # start and resume are refused too (demo/finetune_run.py, core/zerogpu.py)
+        gr.Markdown(f"**{zerogpu.TRAINING_REFUSED}**", elem_id="df-ft-zerogpu")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             form, sample, upload = _build_form()

@@ -27,15 +27,24 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from core import zerogpu
 from core.arena import VoteStore
 from core.auth import LoginThrottle
-from core.config import AppConfig
+from core.config import AppConfig, ConfigError
 from demo import build_app, launch_options
 from demo.audience import accent_css, build_audience_app
 from demo.presenter import add_presenter_panel
 
 log = logging.getLogger("demoforge")
 BUILDER_PATH = "/builder"
+AUDIENCE_PATH = "/audience"
+"""Where builder mode serves the audience app when ``--mcp`` asks for its MCP server (audience mode has it at /)."""
+MCP_SUBPATH = "/gradio_api/mcp/"
+MCP_WITH_PASSWORD = (
+    "--mcp cannot be combined with a password on the demo (--auth or DEMOFORGE_AUTH): MCP clients cannot sign in "
+    "through the login page, so every tool call would be refused. Serve the MCP tools without a password (drop "
+    "--auth), or the password without --mcp."
+)
 
 
 def build_builder_app(engine: Any, config: AppConfig, votes: VoteStore) -> gr.Blocks:
@@ -75,8 +84,8 @@ def add_login_throttle(app: FastAPI, throttle: LoginThrottle) -> None:
         return response
 
 
-_API_CALL = re.compile(r"^(?P<prefix>/builder)?/gradio_api/(?:call|run)/(?P<name>[^/]+)/?$")
-_QUEUE_JOIN = re.compile(r"^(?P<prefix>/builder)?/gradio_api/queue/join/?$")
+_API_CALL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:call|run)/(?P<name>[^/]+)/?$")
+_QUEUE_JOIN = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/queue/join/?$")
 UNKNOWN_ACTION = (
     "This app has no action {name!r}. Only the demo's builder can use the builder's actions: sign in as builder "
     "(at /builder)."
@@ -87,7 +96,7 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks]) -> None:
     """Answer a call to an api_name or fn_index that a mounted app lacks with a 404 in words (Gradio answers a bare
     500, or drops the connection).
 
-    ``mounted`` maps a mount prefix ('' for /, '/builder') to the Blocks mounted there.
+    ``mounted`` maps a mount prefix ('' for /, '/builder', '/audience') to the Blocks mounted there.
     """
     names = {prefix: {fn.api_name for fn in b.fns.values() if fn.api_name} for prefix, b in mounted.items()}
     indices = {prefix: set(b.fns) for prefix, b in mounted.items()}
@@ -122,13 +131,28 @@ class Served:
     audience: gr.Blocks | None
     builder: gr.Blocks | None
     builder_path: str | None
+    mcp_url_path: str | None = None
+    """Path of the MCP server (streamable HTTP) when one is served, e.g. '/gradio_api/mcp/'."""
 
 
 def build_server(
-    engine: Any, config: AppConfig, votes: VoteStore | None = None, throttle: LoginThrottle | None = None
+    engine: Any,
+    config: AppConfig,
+    votes: VoteStore | None = None,
+    throttle: LoginThrottle | None = None,
+    mcp: bool = False,
 ) -> Served:
     """Mount the apps for ``config``'s mode on one FastAPI app, with the login throttle (default settings unless
-    ``throttle`` is given)."""
+    ``throttle`` is given).
+
+    With ``mcp``, Gradio's MCP server runs on the audience app only (at / in audience mode, at /audience in builder
+    mode), whose only public endpoints are then chat and classify; the builder app never gets one (``mcp_server``
+    is passed as False, so GRADIO_MCP_SERVER=true in the environment cannot turn it on either).
+    """
+    if mcp and config.auth is not None:
+        # Measured: Gradio lists the tools to anyone, and each call fails on its own loopback sign-in.
+        raise ConfigError(MCP_WITH_PASSWORD)
+    engine = zerogpu.on_gpu(engine)  # on a ZeroGPU Space every model call borrows the GPU; elsewhere unchanged
     profile = config.profile
     votes = votes or VoteStore(retention_days=profile.retention_days)
     opts = launch_options(config)
@@ -145,22 +169,31 @@ def build_server(
     add_login_throttle(app, throttle or LoginThrottle())
     if not config.audience_default:
         builder = build_builder_app(engine, config, votes)
-        gr.mount_gradio_app(app, builder, "/", auth=config.auth, **common)
-        add_endpoint_guard(app, {"": builder})
-        return Served(app, None, builder, "/")
-    audience = build_audience_app(engine, config, votes)
+        mounted = {"": builder}
+        mcp_path = None
+        if mcp:  # the builder's own endpoints never become tools: the audience app carries the MCP server
+            audience = build_audience_app(engine, config, votes, mcp=True)
+            gr.mount_gradio_app(
+                app, audience, AUDIENCE_PATH, auth=config.auth, run_history=False, mcp_server=True, **common
+            )
+            mounted[AUDIENCE_PATH] = audience
+            mcp_path = AUDIENCE_PATH + MCP_SUBPATH
+        gr.mount_gradio_app(app, builder, "/", auth=config.auth, mcp_server=False, **common)
+        add_endpoint_guard(app, mounted)
+        return Served(app, mounted.get(AUDIENCE_PATH), builder, "/", mcp_path)
+    audience = build_audience_app(engine, config, votes, mcp=mcp)
     builder = None
     if config.builder_auth is not None:
         builder = build_builder_app(engine, config, votes)
         builder_common = {**common, "auth_message": f"<h2>{profile.title}</h2>Builder sign-in."}
-        gr.mount_gradio_app(app, builder, BUILDER_PATH, auth=config.builder_auth, **builder_common)
+        gr.mount_gradio_app(app, builder, BUILDER_PATH, auth=config.builder_auth, mcp_server=False, **builder_common)
     else:
         log.info("Audience mode without DEMOFORGE_BUILDER_AUTH: the builder app is not served.")
     # Mounted last: "/" would otherwise catch /builder too.
     # No run history for visitors: the data notice promises conversations are not kept, in the browser either.
-    gr.mount_gradio_app(app, audience, "/", auth=config.auth, run_history=False, **common)
+    gr.mount_gradio_app(app, audience, "/", auth=config.auth, run_history=False, mcp_server=mcp, **common)
     add_endpoint_guard(app, {"": audience, **({BUILDER_PATH: builder} if builder else {})})
-    return Served(app, audience, builder, BUILDER_PATH if builder else None)
+    return Served(app, audience, builder, BUILDER_PATH if builder else None, MCP_SUBPATH if mcp else None)
 
 
 class _Server(uvicorn.Server):
@@ -189,13 +222,16 @@ def running(served: Served, host: str, port: int) -> Iterator[str]:
                 blocks.close()
 
 
-def serve_forever(engine: Any, config: AppConfig) -> None:
+def serve_forever(engine: Any, config: AppConfig, mcp: bool = False) -> None:
     """The app.py launch path: build, serve, print where, open a share tunnel when asked, block until Ctrl+C."""
-    served = build_server(engine, config)
+    served = build_server(engine, config, mcp=mcp)
+    zerogpu.startup()  # on a ZeroGPU Space: pack the loaded weights for the GPU workers, as launch() would
     with running(served, config.host, config.port) as url:
-        mode = "audience" if served.audience is not None else "builder"
+        mode = "audience" if served.builder_path != "/" else "builder"
         print(f"DemoForge ({mode} mode) at {url}/", flush=True)
-        if served.audience is not None:
+        if served.mcp_url_path:
+            print(f"MCP server (streamable HTTP; tools: chat, classify): {url}{served.mcp_url_path}", flush=True)
+        if served.builder_path != "/":
             where = f"{url}{BUILDER_PATH}/" if served.builder else "not served (set DEMOFORGE_BUILDER_AUTH)"
             print(f"Builder: {where}", flush=True)
         if config.share:
@@ -204,7 +240,7 @@ def serve_forever(engine: Any, config: AppConfig) -> None:
             blocks = served.audience or served.builder
             try:
                 share = networking.setup_tunnel(config.host, config.port, blocks.share_token, None, None)
-                print(f"Public share link ({'audience' if served.audience else 'builder'} view): {share}", flush=True)
+                print(f"Public share link ({mode} view): {share}", flush=True)
             except Exception as exc:  # noqa: BLE001 - offline or the share server refused: keep serving locally
                 print(f"No share link ({exc}); the app keeps serving at {url}/", file=sys.stderr, flush=True)
         try:
