@@ -2,12 +2,15 @@
 
 It shows the data report, the settings, the loss curve as inline SVG, the eval metrics, a few held-out prompts
 with base vs tuned answers (when given), the hardware and the duration. Everything comes from the adapter's card
-and the run's ``events.jsonl``; answers are produced by the caller (the engine), so this module loads no model.
+and the run's ``events.jsonl``. The answers come from the caller: the training worker, which still holds the tuned
+model when the run ends (:func:`answer_held_out`), or the builder app's engine when a card is made on demand.
+This module loads no chat model of its own.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -17,6 +20,12 @@ from typing import Any
 from core.adapters import AdapterInfo
 
 CARD_FILE = "run_card.html"
+CARD_PROMPTS = 3
+"""Held-out examples compared on a card made at the end of a run."""
+CARD_NEW_TOKENS = 48
+"""Greedy new tokens per answer on such a card: enough to show the tuned style, cheap on a CPU."""
+FIRST_GUESS_S = 5.0
+"""Seconds a first comparison may take (then the last one's measured time): none starts that late in a budget."""
 
 
 @dataclass(frozen=True)
@@ -159,10 +168,15 @@ def _hardware(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def render_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = ()) -> str:
-    """The run card of adapter ``info`` as one HTML document."""
+def render_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = (), status: str | None = None) -> str:
+    """The run card of adapter ``info`` as one HTML document.
+
+    ``status`` stands in for the run's end event when the card is written before it (at the end of the run).
+    """
     card = info.card
     events = read_events(Path(card["run_dir"]) if card.get("run_dir") else None)
+    if status and not any(e.get("type") == "end" for e in events):
+        events = [*events, {"type": "end", "status": status, "step": info.metrics.get("steps")}]
     rows = "".join(
         f"<tr><td>{escape(c.prompt)}</td><td>{escape(c.base)}</td><td>{escape(c.tuned)}</td>"
         f"<td>{escape(c.expected)}</td></tr>"
@@ -195,10 +209,98 @@ with DemoForge {escape(str(card.get("demoforge_version", "?")))}.</p>
 """
 
 
-def write_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = ()) -> Path:
+def write_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = (), status: str | None = None) -> Path:
     """Write ``run_card.html`` into the adapter's folder (it travels with the adapter); returns its path."""
     from core import store
 
     path = info.path / CARD_FILE
-    store.atomic_write_text(path, render_run_card(info, comparisons))
+    store.atomic_write_text(path, render_run_card(info, comparisons, status))
     return path
+
+
+def answer_held_out(
+    info: AdapterInfo,
+    model: Any,
+    tokenizer: Any,
+    deadline: float | None = None,
+    n: int = CARD_PROMPTS,
+    max_new_tokens: int = CARD_NEW_TOKENS,
+) -> list[Comparison]:
+    """Base vs tuned on up to ``n`` held-out examples, with the run's own peft ``model`` still in memory.
+
+    SFT: greedy answers of ``max_new_tokens`` with the adapter disabled and enabled. Classification: the base's
+    zero-shot label (its encoder, cosine to the label names, no label expansion: cheap) vs the tuned head's label.
+    No new comparison starts after ``deadline`` (``time.monotonic()``), so a time-budgeted run stays in budget.
+    """
+    import torch
+
+    examples = held_out(info, n)
+    if not examples:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if info.task == "sft":
+                return _answer_sft(examples, model, tokenizer, deadline, max_new_tokens)
+            return _answer_labels(info, examples, model, tokenizer, deadline)
+    finally:
+        model.train(was_training)
+
+
+def _late(deadline: float | None, need_s: float = 0.0) -> bool:
+    return deadline is not None and time.monotonic() + need_s > deadline
+
+
+def _answer_sft(
+    examples: list[tuple[str, str, list[dict[str, str]]]],
+    model: Any,
+    tokenizer: Any,
+    deadline: float | None,
+    max_new_tokens: int,
+) -> list[Comparison]:
+    import torch
+
+    from core.chat import generation_kwargs, render_ids
+    from core.config import GenerationSettings
+
+    kwargs = generation_kwargs(GenerationSettings(temperature=0.0, max_new_tokens=max_new_tokens), tokenizer)
+    out, took = [], FIRST_GUESS_S
+    for prompt, expected, turns in examples:
+        if _late(deadline, took):  # the next one would likely end past the deadline
+            break
+        start = time.monotonic()
+        device = next(model.parameters()).device
+        ids = torch.tensor([render_ids(tokenizer, turns)], device=device)  # (1, prompt)
+
+        def answer(ids: torch.Tensor = ids) -> str:
+            new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)[0, ids.shape[1] :]
+            return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+        with model.disable_adapter():
+            base = answer()
+        out.append(Comparison(prompt, base, answer(), expected))
+        took = time.monotonic() - start
+    return out
+
+
+def _answer_labels(
+    info: AdapterInfo,
+    examples: list[tuple[str, str, list[dict[str, str]]]],
+    model: Any,
+    tokenizer: Any,
+    deadline: float | None,
+) -> list[Comparison]:
+    from core.classify.zero_shot import SentenceEncoder, ZeroShotEmbeddingClassifier
+
+    labels = list(info.labels)
+    texts = [prompt for prompt, _, _ in examples]
+    device = next(model.parameters()).device
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(device)
+    tuned = [labels[i] for i in model(**batch).logits.argmax(-1).tolist()]  # (rows,)
+    base = ["(not compared: the run's time budget was spent)"] * len(texts)
+    if not _late(deadline, FIRST_GUESS_S):  # loading the encoder takes a few seconds on a CPU
+        path = info.card.get("base_model_path")
+        zero_shot = ZeroShotEmbeddingClassifier(labels, SentenceEncoder.load(path, device=device.type), expand=0)
+        base = [p.label for p in zero_shot.predict(texts)]
+    return [Comparison(text, b, t, expected) for text, b, t, (_, expected, _) in zip(texts, base, tuned, examples)]
