@@ -201,6 +201,14 @@ class Engine:
             self._library = Library(self.forget_adapter, self.on_model_thread, self.home)
         return self._library
 
+    def run_card(self, name: str, rebuild: bool = False) -> Path:
+        """Adapter ``name``'s run card: the one its run wrote, else (or when ``rebuild``) one made now with greedy
+        base-vs-tuned answers on its held-out examples (see :func:`core.runcard.make_run_card`)."""
+        from core.runcard import make_run_card
+
+        existing = None if rebuild else self.library.run_card(name)
+        return existing or make_run_card(self, name)
+
     @property
     def training(self) -> Training:
         """Training runs: samples, validation, start/stop/resume, progress."""

@@ -304,3 +304,30 @@ def _answer_labels(
         zero_shot = ZeroShotEmbeddingClassifier(labels, SentenceEncoder.load(path, device=device.type), expand=0)
         base = [p.label for p in zero_shot.predict(texts)]
     return [Comparison(text, b, t, expected) for text, b, t, (_, expected, _) in zip(texts, base, tuned, examples)]
+
+
+def _last_text(pieces: Any) -> str:
+    text = ""
+    for piece in pieces:
+        text = piece.text
+    return text
+
+
+def make_run_card(engine: Any, name: str, max_new_tokens: int = CARD_NEW_TOKENS) -> Path:
+    """Write adapter ``name``'s run card now, answering its held-out examples through ``engine`` (a
+    :class:`core.engine.Engine`): greedy chat with the adapter off and on (SFT), or zero-shot vs the adapter
+    (classification). For an adapter whose run wrote no card, or a card to refresh."""
+    from core.config import GenerationSettings
+
+    info = engine.library.get(name)
+    comparisons = []
+    for prompt, expected, turns in held_out(info):
+        if info.task == "sft":
+            settings = GenerationSettings(temperature=0.0, max_new_tokens=max_new_tokens)
+            base = _last_text(engine.chat_stream(turns, settings, None, adapter=None))
+            tuned = _last_text(engine.chat_stream(turns, settings, None, adapter=name))
+        else:
+            base = engine.classify.classify(prompt, info.labels, "embedding").label
+            tuned = engine.classify.classify(prompt, None, "adapter", name).label
+        comparisons.append(Comparison(prompt, base, tuned, expected))
+    return write_run_card(info, comparisons)

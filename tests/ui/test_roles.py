@@ -110,7 +110,9 @@ def test_audience_app_holds_only_audience_handlers(roles: dict) -> None:
 def test_every_builder_endpoint_is_unreachable_from_an_audience_session(roles: dict) -> None:
     url, served = roles["url"], roles["served"]
     builder_only = {n: i for n, i in builder_endpoints(served).items() if n not in AUDIENCE_ENDPOINTS}
-    for must in ("delete_adapter", "push_adapter", "start_training", "rename_adapter", "merge_adapter"):
+    musts = ("delete_adapter", "push_adapter", "start_training", "rename_adapter", "merge_adapter")
+    musts += ("publish_space", "download_run_card", "run_card")  # the Adapters tab's publish and run card
+    for must in musts:
         assert any(must in n for n in builder_only), (must, sorted(builder_only))
     client = Client(url, auth=AUDIENCE, verbose=False)
     listed = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
