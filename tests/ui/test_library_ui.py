@@ -233,3 +233,25 @@ def test_publish_creates_the_space_and_uploads_a_bundle_that_lands_on_the_adapte
     landed = DemoProfile.load(folder / "assets" / "profiles" / "default.yaml")
     assert landed.audience_adapters == ["beta"] and landed.default_adapter == "beta"
     assert (folder / "README.md").read_text().startswith("---\ntitle:")
+
+
+# --- storage notice on a Space ---------------------------------------------------------------------------------------
+
+
+def _markdown_values(url: str) -> dict[str, str]:
+    config = httpx.get(f"{url}config").json()
+    return {c["props"].get("elem_id") or "": str(c["props"].get("value")) for c in config["components"]}
+
+
+def test_a_space_without_persistent_storage_tells_the_builder_what_is_lost_and_how_to_fix_it(
+    tiny_models: dict[str, Path], demoforge_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32")
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    with serve(Engine(config), config) as url:
+        assert "df-storage-notice" not in _markdown_values(url)  # a laptop's disk persists: no notice
+    monkeypatch.setenv("SPACE_ID", "acme/demo")  # the test home is not on /data: lost on restart
+    with serve(Engine(config), config) as url:
+        notice = _markdown_values(url)["df-storage-notice"]
+    assert "Storage is not persistent" in notice and "adapters, arena votes and training runs" in notice
+    assert "/data" in notice
