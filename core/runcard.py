@@ -182,9 +182,13 @@ def render_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = (), s
         f"<td>{escape(c.expected)}</td></tr>"
         for c in comparisons
     )
+    cfg = card.get("config") or {}
+    none_kept = cfg and not cfg.get("eval_path") and not float(cfg.get("eval_fraction", 0.1) or 0)
     held_out = (
         f"<table><tr><th>prompt</th><th>base model</th><th>tuned</th><th>expected</th></tr>{rows}</table>"
         if rows
+        else "<p><em>This run kept no held-out examples (eval fraction 0, no eval file): none to compare.</em></p>"
+        if none_kept
         else "<p><em>No held-out prompts were compared for this card.</em></p>"
     )
     title = escape(f"{info.name} · run card")

@@ -163,3 +163,12 @@ def test_no_comparison_starts_past_the_deadline(demoforge_home: Path) -> None:
     info = _fake_run(demoforge_home)
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
     assert answer_held_out(info, Untouchable(), tokenizer, deadline=time.monotonic() - 1) == []
+
+
+def test_a_run_without_an_eval_split_says_why_nothing_was_compared(demoforge_home: Path) -> None:
+    info = _fake_run(demoforge_home)
+    info.card["config"]["eval_fraction"] = 0.0
+    assert held_out(info) == []  # nothing held out: every row trained
+    assert "kept no held-out examples (eval fraction 0" in render_run_card(info)
+    info.card["config"]["eval_fraction"] = 0.1
+    assert "kept no held-out" not in render_run_card(info)
