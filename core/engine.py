@@ -213,6 +213,18 @@ class Engine:
             self._library = Library(self.forget_adapter, self.on_model_thread, self.home)
         return self._library
 
+    def storage_lost_on_restart(self) -> str | None:
+        """Why this server's home would not survive a restart (a Space without persistent storage), or None."""
+        return store.storage_lost_on_restart(self.home)
+
+    def run_card(self, name: str, rebuild: bool = False) -> Path:
+        """Adapter ``name``'s run card: the one its run wrote, else (or when ``rebuild``) one made now with greedy
+        base-vs-tuned answers on its held-out examples (see :func:`core.runcard.make_run_card`)."""
+        from core.runcard import make_run_card
+
+        existing = None if rebuild else self.library.run_card(name)
+        return existing or make_run_card(self, name)
+
     @property
     def training(self) -> Training:
         """Training runs: samples, validation, start/stop/resume, progress."""

@@ -1,4 +1,4 @@
-"""The adapter library as the UI uses it: list, read, rename, delete, zip, merge, export, push.
+"""The adapter library as the UI uses it: list, read, rename, delete, zip, merge, export, push, publish.
 
 The engine owns one :class:`Library`; renaming or deleting also forgets the adapter on the loaded chat base
 (through ``forget``), so the next chat request never reaches a stale name. Merging runs on the model thread
@@ -91,3 +91,33 @@ class Library:
         if merged:
             self._run(merge, name, self.home)  # torch work stays on the model thread; push uploads that folder
         return push(name, repo_id, token, merged=merged, home=self.home)
+
+    def run_card(self, name: str) -> Path | None:
+        """The adapter's run card (``run_card.html``, written when its run finished), or None when it has none."""
+        from core.runcard import CARD_FILE
+
+        path = adapters.get(name, self.home).path / CARD_FILE
+        return path if path.is_file() else None
+
+    def profile_names(self) -> list[str]:
+        """Profiles a Space can be published with (shipped and saved)."""
+        from core.publish import profile_names
+
+        return profile_names()
+
+    def publish(
+        self,
+        name: str,
+        profile: str,
+        space_id: str,
+        token: str,
+        private: bool = False,
+        on_progress: Callable[[float, str], None] | None = None,
+    ) -> Any:
+        """Build a Space bundle of adapter ``name`` with ``profile`` and upload it; returns a
+        :class:`core.publish.Published`. Errors name the bundle folder relative to the home."""
+        from core.config import DemoProfile
+        from core.publish import publish
+
+        loaded = DemoProfile.load(profile or "default")
+        return publish([name], loaded, space_id, token, private, self.shown_path, on_progress, self.home)

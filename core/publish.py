@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -42,6 +44,7 @@ BUNDLED_ADAPTERS = "adapters"
 SPACE_PINS = ("gradio", "spaces", "mcp")
 """Pins the bundle cannot run as a Space without: the SDK, ZeroGPU's decorator (core/zerogpu.py), ``--mcp``."""
 PYTHON_VERSION = "3.11"
+_SPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class PublishError(ExportError):
@@ -115,7 +118,11 @@ def _vendor_models(dest: Path) -> None:
 
 
 def build_bundle(
-    adapter_names: list[str], profile: DemoProfile, out_dir: Path | None = None, vendor_models: bool = True
+    adapter_names: list[str],
+    profile: DemoProfile,
+    out_dir: Path | None = None,
+    vendor_models: bool = True,
+    home: Path | None = None,
 ) -> Bundle:
     """Write the Space bundle into ``out_dir`` (default ``bundles/<time>-<title>`` in the home); see the module doc.
 
@@ -124,7 +131,7 @@ def build_bundle(
         core.adapters.AdapterError: an unknown adapter.
     """
     start = time.perf_counter()
-    infos = [adapters.get(n) for n in adapter_names]
+    infos = [adapters.get(n, home) for n in adapter_names]
     names = {i.name for i in infos}
     missing = [a for a in [*profile.audience_adapters, profile.classify_adapter] if a and a not in names]
     if missing:
@@ -132,7 +139,7 @@ def build_bundle(
             f"The profile names adapters {missing} that are not being published: add --adapter for each."
         )
     if out_dir is None:
-        out_dir = store.subdir("bundles") / store.safe_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{profile.title}")
+        out_dir = store.subdir("bundles", home) / store.safe_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{profile.title}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise PublishError(f"The bundle folder {out_dir} is not empty: choose a new --out folder.")
@@ -176,30 +183,104 @@ def seed_home(app_dir: Path) -> list[str]:
     return copied
 
 
-def upload(bundle: Path, space_id: str, token: str | None) -> str:
+def check_space_id(space_id: str) -> str:
+    """``space_id`` stripped, when it looks like ``owner/name``; else a PublishError that shows the form."""
+    space_id = (space_id or "").strip()
+    if not _SPACE_ID.match(space_id):
+        raise PublishError(
+            f"The Space id {space_id!r} is not of the form owner/name (e.g. acme/support-demo): your Hugging Face "
+            "user or organisation, a slash, and the Space's name (letters, digits, '.', '_' or '-')."
+        )
+    return space_id
+
+
+def upload(bundle: Path, space_id: str, token: str | None, private: bool = False, shown: str | None = None) -> str:
     """Create the Space (if needed) and upload the bundle; returns the Space's URL.
+
+    ``shown`` is how messages name the bundle folder (the UI shows it relative to the DemoForge home).
 
     Raises:
         PublishError: no token, or the Hub cannot be reached; the message names the bundle folder.
     """
+    where = shown or str(bundle)
     if not token:
         raise PublishError(
-            f"No Hugging Face token: set HF_TOKEN (or pass --token). The bundle is ready in {bundle}; "
+            f"No Hugging Face token: give a write token (or set HF_TOKEN). The bundle is ready in {where}; "
             "upload it later with `python -m core.publish --upload-only` or the Hub's web page."
         )
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     try:
-        api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(bundle), repo_id=space_id, repo_type="space")
     except Exception as exc:  # noqa: BLE001 - offline, refused or rate-limited: all end the same way for the user
         # The exception's text can quote the request; never echo it whole (it could carry the token).
         raise PublishError(
             f"Could not upload to the Space {space_id!r} ({type(exc).__name__}: is the Hub reachable and the token "
-            f"allowed to write?). The bundle is ready in {bundle}; upload it later."
+            f"allowed to write?). The bundle is ready in {where}; upload it later."
         ) from None
     return f"https://huggingface.co/spaces/{space_id}"
+
+
+def profile_names() -> list[str]:
+    """Profiles to publish with: the shipped ones and those saved from the builder's UI."""
+    saved = store.home() / "profiles"
+    names = {p.stem for p in (ROOT / "assets" / "profiles").glob("*.yaml")}
+    names |= {p.stem for p in saved.glob("*.yaml")} if saved.is_dir() else set()
+    return sorted(names, key=lambda n: (n != "default", n))
+
+
+def landing_profile(profile: DemoProfile, infos: list[adapters.AdapterInfo]) -> DemoProfile:
+    """``profile`` with the published adapters in it when it names none of its own, so a visitor lands on the
+    tuned model rather than the base: chat adapters become the audience's (the first is the default); a
+    classification adapter becomes the Classify tab's."""
+    chat = [i.name for i in infos if i.task == "sft"]
+    labels = [i.name for i in infos if i.task == "classification"]
+    changes: dict[str, object] = {}
+    if chat and not profile.audience_adapters:
+        changes |= {"audience_adapters": chat, "default_adapter": chat[0]}
+    if labels and not profile.classify_adapter:
+        tabs = profile.tabs if "classify" in profile.tabs else [*profile.tabs, "classify"]
+        changes |= {"classify_adapter": labels[0], "tabs": tabs}
+    return replace(profile, **changes) if changes else profile
+
+
+@dataclass
+class Published:
+    """What :func:`publish` did: the bundle, and the Space's URL once uploaded."""
+
+    bundle: Bundle
+    url: str
+
+
+def publish(
+    adapter_names: list[str],
+    profile: DemoProfile,
+    space_id: str,
+    token: str | None,
+    private: bool = False,
+    shown: Callable[[Path], str] = str,
+    on_progress: Callable[[float, str], None] | None = None,
+    home: Path | None = None,
+) -> Published:
+    """Build the bundle (into the home's ``bundles/``) and upload it to ``space_id``: the Adapters tab's Publish.
+
+    The profile lands visitors on the published adapters (:func:`landing_profile`). The bundle is built before the
+    token is looked at, so with no token or no network the user still has it: the PublishError names its folder
+    as ``shown`` writes it.
+    """
+    progress = on_progress or (lambda fraction, desc: None)
+    space_id = check_space_id(space_id)
+    if not adapter_names:
+        raise PublishError("Pick an adapter to publish first.")
+    infos = [adapters.get(n, home) for n in adapter_names]
+    progress(0.05, "Building the bundle (app code, models, adapters)")
+    bundle = build_bundle(adapter_names, landing_profile(profile, infos), home=home)
+    progress(0.5, f"Uploading {bundle.size_bytes / 1e6:.0f} MB to {space_id}")
+    url = upload(bundle.path, space_id, token, private, shown(bundle.path))
+    progress(1.0, "Published")
+    return Published(bundle, url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,19 +291,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="bundle folder (default: bundles/ in the DemoForge home)")
     p.add_argument("--token", help="Hugging Face write token (better: the HF_TOKEN environment variable)")
     p.add_argument("--upload-only", type=Path, help="upload an existing bundle folder instead of building one")
+    p.add_argument("--private", action="store_true", help="create the Space as private")
     args = p.parse_args(argv)
     try:
         if args.upload_only:
             bundle_path = args.upload_only
         else:
-            bundle = build_bundle(args.adapter, DemoProfile.load(args.profile), args.out)
+            profile = landing_profile(DemoProfile.load(args.profile), [adapters.get(n) for n in args.adapter])
+            bundle = build_bundle(args.adapter, profile, args.out)
             bundle_path = bundle.path
             print(
                 f"Bundle: {bundle.path} ({bundle.size_bytes / 1e6:.1f} MB, {len(bundle.files)} files, "
                 f"{bundle.seconds:.1f}s)"
             )
         if args.space_id:
-            url = upload(bundle_path, args.space_id, args.token or os.environ.get("HF_TOKEN"))
+            space_id = check_space_id(args.space_id)
+            url = upload(bundle_path, space_id, args.token or os.environ.get("HF_TOKEN"), args.private)
             print(f"Published: {url}")
     except DemoForgeError as exc:  # a bad profile, an unknown adapter, no token, offline: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)

@@ -2,12 +2,15 @@
 
 It shows the data report, the settings, the loss curve as inline SVG, the eval metrics, a few held-out prompts
 with base vs tuned answers (when given), the hardware and the duration. Everything comes from the adapter's card
-and the run's ``events.jsonl``; answers are produced by the caller (the engine), so this module loads no model.
+and the run's ``events.jsonl``. The answers come from the caller: the training worker, which still holds the tuned
+model when the run ends (:func:`answer_held_out`), or the builder app's engine when a card is made on demand.
+This module loads no chat model of its own.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -17,6 +20,12 @@ from typing import Any
 from core.adapters import AdapterInfo
 
 CARD_FILE = "run_card.html"
+CARD_PROMPTS = 3
+"""Held-out examples compared on a card made at the end of a run."""
+CARD_NEW_TOKENS = 48
+"""Greedy new tokens per answer on such a card: enough to show the tuned style, cheap on a CPU."""
+FIRST_GUESS_S = 5.0
+"""Seconds the first comparison may take (then the measured time of the last): none starts that late in a budget."""
 
 
 @dataclass(frozen=True)
@@ -159,18 +168,27 @@ def _hardware(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def render_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = ()) -> str:
-    """The run card of adapter ``info`` as one HTML document."""
+def render_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = (), status: str | None = None) -> str:
+    """The run card of adapter ``info`` as one HTML document.
+
+    ``status`` stands in for the run's end event when the card is written before it (at the end of the run).
+    """
     card = info.card
     events = read_events(Path(card["run_dir"]) if card.get("run_dir") else None)
+    if status and not any(e.get("type") == "end" for e in events):
+        events = [*events, {"type": "end", "status": status, "step": info.metrics.get("steps")}]
     rows = "".join(
         f"<tr><td>{escape(c.prompt)}</td><td>{escape(c.base)}</td><td>{escape(c.tuned)}</td>"
         f"<td>{escape(c.expected)}</td></tr>"
         for c in comparisons
     )
+    cfg = card.get("config") or {}
+    none_kept = cfg and not cfg.get("eval_path") and not float(cfg.get("eval_fraction", 0.1) or 0)
     held_out = (
         f"<table><tr><th>prompt</th><th>base model</th><th>tuned</th><th>expected</th></tr>{rows}</table>"
         if rows
+        else "<p><em>This run kept no held-out examples (eval fraction 0, no eval file): none to compare.</em></p>"
+        if none_kept
         else "<p><em>No held-out prompts were compared for this card.</em></p>"
     )
     title = escape(f"{info.name} · run card")
@@ -195,10 +213,130 @@ with DemoForge {escape(str(card.get("demoforge_version", "?")))}.</p>
 """
 
 
-def write_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = ()) -> Path:
+def write_run_card(info: AdapterInfo, comparisons: Sequence[Comparison] = (), status: str | None = None) -> Path:
     """Write ``run_card.html`` into the adapter's folder (it travels with the adapter); returns its path."""
     from core import store
 
     path = info.path / CARD_FILE
-    store.atomic_write_text(path, render_run_card(info, comparisons))
+    store.atomic_write_text(path, render_run_card(info, comparisons, status))
     return path
+
+
+def answer_held_out(
+    info: AdapterInfo,
+    model: Any,
+    tokenizer: Any,
+    deadline: float | None = None,
+    n: int = CARD_PROMPTS,
+    max_new_tokens: int = CARD_NEW_TOKENS,
+) -> list[Comparison]:
+    """Base vs tuned on up to ``n`` held-out examples, with the run's own peft ``model`` still in memory.
+
+    SFT: greedy answers of ``max_new_tokens`` with the adapter disabled and enabled. Classification: the base's
+    zero-shot label (its encoder, cosine to the label names, no label expansion: cheap) vs the tuned head's label.
+    No new comparison starts after ``deadline`` (``time.monotonic()``), so a time-budgeted run stays in budget.
+    """
+    import torch
+
+    examples = held_out(info, n)
+    if not examples:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if info.task == "sft":
+                return _answer_sft(examples, model, tokenizer, deadline, max_new_tokens)
+            return _answer_labels(info, examples, model, tokenizer, deadline)
+    finally:
+        model.train(was_training)
+
+
+def _late(deadline: float | None, need_s: float = 0.0) -> bool:
+    return deadline is not None and time.monotonic() + need_s > deadline
+
+
+def _answer_sft(
+    examples: list[tuple[str, str, list[dict[str, str]]]],
+    model: Any,
+    tokenizer: Any,
+    deadline: float | None,
+    max_new_tokens: int,
+) -> list[Comparison]:
+    """All prompts in one left-padded batch, twice (adapter off, then on): decoding a batch of 3 costs about what
+    one answer does on a CPU, and the KV cache is turned back on (training turned it off)."""
+    import torch
+
+    from core.chat import generation_kwargs, render_ids
+    from core.config import GenerationSettings
+
+    if _late(deadline, FIRST_GUESS_S):
+        return []
+    kwargs = generation_kwargs(GenerationSettings(temperature=0.0, max_new_tokens=max_new_tokens), tokenizer)
+    rows = [render_ids(tokenizer, turns) for _, _, turns in examples]
+    width = max(len(r) for r in rows)
+    pad = kwargs["pad_token_id"] if kwargs["pad_token_id"] is not None else 0
+    device = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)  # (prompts, width)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+
+    def answers() -> list[str]:
+        new = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)[:, width:]
+        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    start = time.monotonic()
+    with model.disable_adapter():
+        base = answers()
+    if _late(deadline, time.monotonic() - start):  # the tuned batch would end past the deadline
+        return []
+    tuned = answers()
+    return [Comparison(p, b, t, e) for (p, e, _), b, t in zip(examples, base, tuned)]
+
+
+def _answer_labels(
+    info: AdapterInfo,
+    examples: list[tuple[str, str, list[dict[str, str]]]],
+    model: Any,
+    tokenizer: Any,
+    deadline: float | None,
+) -> list[Comparison]:
+    from core.classify.zero_shot import SentenceEncoder, ZeroShotEmbeddingClassifier
+
+    labels = list(info.labels)
+    texts = [prompt for prompt, _, _ in examples]
+    device = next(model.parameters()).device
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(device)
+    tuned = [labels[i] for i in model(**batch).logits.argmax(-1).tolist()]  # (rows,)
+    base = ["(not compared: the run's time budget was spent)"] * len(texts)
+    if not _late(deadline, FIRST_GUESS_S):  # loading the encoder takes a few seconds on a CPU
+        path = info.card.get("base_model_path")
+        zero_shot = ZeroShotEmbeddingClassifier(labels, SentenceEncoder.load(path, device=device.type), expand=0)
+        base = [p.label for p in zero_shot.predict(texts)]
+    return [Comparison(text, b, t, expected) for text, b, t, (_, expected, _) in zip(texts, base, tuned, examples)]
+
+
+def _last_text(pieces: Any) -> str:
+    text = ""
+    for piece in pieces:
+        text = piece.text
+    return text
+
+
+def make_run_card(engine: Any, name: str, max_new_tokens: int = CARD_NEW_TOKENS) -> Path:
+    """Write adapter ``name``'s run card now, answering its held-out examples through ``engine`` (a
+    :class:`core.engine.Engine`): greedy chat with the adapter off and on (SFT), or zero-shot vs the adapter
+    (classification). For an adapter whose run wrote no card, or a card to refresh."""
+    from core.config import GenerationSettings
+
+    info = engine.library.get(name)
+    comparisons = []
+    for prompt, expected, turns in held_out(info):
+        if info.task == "sft":
+            settings = GenerationSettings(temperature=0.0, max_new_tokens=max_new_tokens)
+            base = _last_text(engine.chat_stream(turns, settings, None, adapter=None))
+            tuned = _last_text(engine.chat_stream(turns, settings, None, adapter=name))
+        else:
+            base = engine.classify.classify(prompt, info.labels, "embedding").label
+            tuned = engine.classify.classify(prompt, None, "adapter", name).label
+        comparisons.append(Comparison(prompt, base, tuned, expected))
+    return write_run_card(info, comparisons)

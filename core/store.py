@@ -30,6 +30,14 @@ TMP_MAX_AGE_S = 3600.0
 _LEGACY_TMP_PREFIXES = ("demoforge-zip-", "demoforge-scored-")
 
 
+SPACE_STORAGE = Path("/data")
+"""Where a Hugging Face Space mounts its persistent storage, once enabled in the Space's settings."""
+
+
+def _writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
 def home() -> Path:
     """The DemoForge home folder, created on first use.
 
@@ -38,12 +46,27 @@ def home() -> Path:
     env = os.environ.get("DEMOFORGE_HOME")
     if env:
         root = Path(env)
-    elif os.environ.get("SPACE_ID") and Path("/data").is_dir() and os.access("/data", os.W_OK):
-        root = Path("/data/demoforge")
+    elif os.environ.get("SPACE_ID") and _writable_dir(SPACE_STORAGE):
+        root = SPACE_STORAGE / "demoforge"
     else:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "demoforge"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def storage_lost_on_restart(root: Path | None = None, storage: Path = SPACE_STORAGE) -> str | None:
+    """Why the home's files (adapters, votes, runs) would be lost when this Space restarts, or None when they are
+    kept: not on a Space (a laptop's disk persists), or the home is on the Space's mounted storage.
+
+    Returns 'no_storage' (nothing writable mounted at ``storage``: persistent storage is off) or 'home_elsewhere'
+    (storage is mounted, but ``DEMOFORGE_HOME`` points off it).
+    """
+    if not os.environ.get("SPACE_ID"):
+        return None
+    if not _writable_dir(storage):
+        return "no_storage"
+    base = Path(root) if root is not None else home()
+    return None if base.resolve().is_relative_to(storage.resolve()) else "home_elsewhere"
 
 
 def subdir(name: str, root: Path | None = None) -> Path:

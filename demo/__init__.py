@@ -17,6 +17,7 @@ from demo.classify_tab import build_classify_tab
 from demo.errors import shows_errors
 from demo.finetune_tab import build_finetune_tab
 from demo.library_tab import LibraryChange, LibraryTab, build_library_tab, library_update
+from demo.render import storage_notice
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DELETE_CACHE = (1800, 3600)
@@ -43,6 +44,8 @@ def build_app(engine: Engine, config: AppConfig) -> gr.Blocks:
     with gr.Blocks(title=profile.title, delete_cache=DELETE_CACHE) as app:
         with gr.Column(elem_id="df-header"):
             gr.Markdown(f"# {profile.title}\n{profile.description}")
+        if notice := storage_notice(engine.storage_lost_on_restart()):
+            gr.Markdown(notice, elem_id="df-storage-notice", elem_classes=["df-warning"])
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 chat = build_chat_tab(engine, profile, concurrency=config.concurrency)

@@ -122,19 +122,16 @@ def check_profile(engine: Any, profile: DemoProfile) -> None:
             )
 
 
-def _run_card(profile: DemoProfile) -> str | None:
-    """The run card of the adapter the audience lands on, if it has one."""
+def _run_card(engine: Any, profile: DemoProfile) -> str | None:
+    """The run card of the adapter the audience lands on, if it has one (through the engine's library)."""
     name = profile.default_adapter or (profile.audience_adapters or [None])[0]
     if not name:
         return None
-    from core import adapters
-    from core.runcard import CARD_FILE
-
     try:
-        path = adapters.get(name).path / CARD_FILE
+        path = engine.library.run_card(name)
     except DemoForgeError:
         return None
-    return path.read_text(encoding="utf-8") if path.is_file() else None
+    return path.read_text(encoding="utf-8") if path is not None else None
 
 
 def accent_css(profile: DemoProfile) -> str:
@@ -206,7 +203,7 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                 with gr.Tab("Arena", id="arena"):
                     handlers = ArenaHandlers(engine, profile, votes or VoteStore(retention_days=profile.retention_days))
                     build_arena_tab(handlers, config.concurrency)
-            about = _run_card(profile)
+            about = _run_card(engine, profile)
             if about is not None:
                 with gr.Tab("About this model", id="about"):
                     # In an iframe: the card's own styles stay inside it; srcdoc needs no file route.

@@ -1,5 +1,5 @@
-"""The adapter library: every finished adapter with its card; use, rename, delete, download, merge, export to
-GGUF / Ollama, serve on another backend, push.
+"""The adapter library: every finished adapter with its card; use, rename, delete, download (the adapter or its
+run card), merge, export to GGUF / Ollama, serve on another backend, push, publish to a Space.
 
 Every action goes through ``engine.library``. Actions draw no progress overlay on their outputs
 (``show_progress="hidden"``): a refusal is a toast and a status line, so a failed delete never leaves red badges
@@ -17,6 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from core.engine import Engine
+from core.errors import AdapterError
 from demo.errors import shows_errors
 from demo.queue import MODEL_QUEUE
 
@@ -64,6 +65,12 @@ class LibraryTab:
     serve: gr.Button
     serve_help: gr.Markdown
     status: gr.Markdown
+    card_download: gr.Button
+    space_id: gr.Textbox
+    space_token: gr.Textbox
+    space_profile: gr.Dropdown
+    space_private: gr.Checkbox
+    publish: gr.Button
     change: gr.State
     """The last :class:`LibraryChange` of this page (None before any)."""
     changed: tuple[Any, ...] = ()
@@ -120,6 +127,14 @@ def download_adapter(engine: Engine, name: str | None) -> str:
     return str(engine.library.zip(name or ""))
 
 
+@shows_errors("making the run card")
+def download_run_card(engine: Engine, name: str | None) -> str:
+    """/download_run_card: the adapter's run card (HTML), the one its run wrote or one made now."""
+    if not name:
+        raise AdapterError("No adapter selected: pick one in the list first.")
+    return str(engine.run_card(name))
+
+
 @shows_errors("merging the adapter")
 def merge_adapter(engine: Engine, name: str | None) -> str:
     """/merge_adapter: merge into a copy of its base, saved as safetensors."""
@@ -162,6 +177,45 @@ def push_adapter(engine: Engine, name: str | None, repo_id: str, token: str, mer
     return f"Pushed to [{url}]({url})."
 
 
+@shows_errors("publishing to a Space")
+def publish_space(
+    engine: Engine,
+    name: str | None,
+    profile: str | None,
+    space_id: str,
+    token: str,
+    private: bool,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio finds the tracker by this default
+) -> str:
+    """/publish_space: build a Space bundle of the adapter with the profile, then create the Space and upload it.
+
+    The token goes to the Hub and nowhere else: not into the bundle, the status or the log. With no token or no
+    network, the error names the bundle folder that was written (relative to the DemoForge home).
+    """
+    if not name:
+        raise AdapterError("No adapter selected: pick the adapter to publish in the list first.")
+    done = engine.library.publish(
+        name,
+        profile or "default",
+        space_id or "",
+        token or "",
+        private=bool(private),
+        on_progress=lambda fraction, desc: progress(fraction, desc=desc),
+    )
+    bundle = done.bundle
+    return (
+        f"Published **{name}** to [{done.url}]({done.url}): a {bundle.size_bytes / 1e6:.0f} MB bundle from "
+        f"`{engine.library.shown_path(bundle.path)}`. The Space builds and starts in a few minutes; visitors see "
+        "the audience view (set the Space secret DEMOFORGE_BUILDER_AUTH to open /builder)."
+    )
+
+
+def profile_update(engine: Engine, selected: str | None) -> Any:
+    """Fresh profile choices for Publish (one saved a moment ago appears), keeping ``selected``."""
+    names = engine.library.profile_names()
+    return gr.update(choices=names, value=selected if selected in names else (names[0] if names else None))
+
+
 # --- layout and wiring ------------------------------------------------------------------------------------------------
 
 
@@ -178,6 +232,7 @@ def build_library_tab(engine: Engine) -> LibraryTab:
         use_chat = gr.Button("Use in Chat", variant="primary", elem_id="df-lib-use-chat")
         use_classify = gr.Button("Use in Classify", variant="primary", elem_id="df-lib-use-classify")
         download = gr.Button("Download as zip", elem_id="df-lib-download")
+        card_download = gr.Button("Download run card", elem_id="df-lib-card-download")
         merge_btn = gr.Button("Merge into base (safetensors)", elem_id="df-lib-merge")
     zip_file = gr.File(label="Download", interactive=False, elem_id="df-lib-zip")
     with gr.Accordion("Rename or delete", open=False):
@@ -193,6 +248,22 @@ def build_library_tab(engine: Engine) -> LibraryTab:
             token = gr.Textbox(label="HF token (write)", type="password", scale=2)
             merged = gr.Checkbox(label="Push the merged model instead of the adapter", value=False)
         push_btn = gr.Button("Push", elem_id="df-lib-push")
+    with gr.Accordion("Publish to a Hugging Face Space", open=False):
+        gr.Markdown(
+            "Builds a Space bundle (app, pinned requirements, embedded models, this adapter and the profile, "
+            "audience view on) into `bundles/` in the DemoForge home, then creates the Space and uploads it. "
+            "The token is used for this upload only: it is never stored or logged."
+        )
+        with gr.Row():
+            space_id = gr.Textbox(label="Space id", placeholder="your-name/space-name", scale=2, elem_id="df-pub-id")
+            space_token = gr.Textbox(label="HF token (write)", type="password", scale=2, elem_id="df-pub-token")
+        with gr.Row():
+            profiles = engine.library.profile_names()
+            space_profile = gr.Dropdown(
+                profiles, value=profiles[0] if profiles else None, label="Profile", scale=2, elem_id="df-pub-profile"
+            )
+            space_private = gr.Checkbox(label="Private Space", value=False, scale=1, elem_id="df-pub-private")
+        publish_btn = gr.Button("Publish", variant="primary", elem_id="df-pub-go")
     with gr.Accordion("Export for llama.cpp and Ollama (GGUF + Modelfile)", open=False):
         with gr.Row():
             export_kind = gr.Radio(EXPORT_CHOICES, value="f16", label="Export as", scale=3, elem_id="df-lib-gguf-kind")
@@ -205,7 +276,7 @@ def build_library_tab(engine: Engine) -> LibraryTab:
     tab = LibraryTab(
         table, pick, refresh, card, use_chat, use_classify, download, merge_btn, zip_file, new_name, rename_btn,
         confirm, delete_btn, repo, token, merged, push_btn, export_kind, export_btn, exported, serve_btn, serve_help,
-        status, gr.State(None),
+        status, card_download, space_id, space_token, space_profile, space_private, publish_btn, gr.State(None),
     )  # fmt: skip
     tab.changed = wire_library(engine, tab)
     return tab
@@ -219,7 +290,7 @@ def wire_library(engine: Engine, tab: LibraryTab) -> tuple[Any, Any]:
     e = functools.partial
     tab.refresh.click(e(library_update, engine), [tab.pick], [tab.table, tab.pick], queue=False, **private).then(
         e(show_card, engine), [tab.pick], [tab.card], **private
-    )
+    ).then(e(profile_update, engine), [tab.space_profile], [tab.space_profile], **private)
     tab.pick.change(e(show_card, engine), [tab.pick], [tab.card], queue=False, **private)
     listed = [tab.table, tab.pick, tab.status]
     renamed = tab.rename.click(
@@ -233,6 +304,14 @@ def wire_library(engine: Engine, tab: LibraryTab) -> tuple[Any, Any]:
         **quiet,
     )
     tab.download.click(e(download_adapter, engine), [tab.pick], [tab.zip], api_name="download_adapter", **quiet)
+    tab.card_download.click(
+        e(download_run_card, engine),
+        [tab.pick],
+        [tab.zip],
+        api_name="download_run_card",
+        concurrency_id=MODEL_QUEUE,  # a card made now answers with the model
+        show_progress="minimal",
+    )
     tab.merge.click(
         e(merge_adapter, engine),
         [tab.pick],
@@ -252,5 +331,12 @@ def wire_library(engine: Engine, tab: LibraryTab) -> tuple[Any, Any]:
     tab.serve.click(e(serve_adapter, engine), [tab.pick], [tab.serve_help], api_name="serve_commands", **quiet)
     tab.push.click(
         e(push_adapter, engine), [tab.pick, tab.repo, tab.token, tab.merged], [tab.status], api_name="push_adapter"
+    )
+    tab.publish.click(
+        e(publish_space, engine),
+        [tab.pick, tab.space_profile, tab.space_id, tab.space_token, tab.space_private],
+        [tab.status],
+        api_name="publish_space",
+        show_progress="full",
     )
     return renamed, deleted

@@ -12,9 +12,8 @@ import gradio as gr
 
 from core import adapters
 from core.arena import VoteStore
-from core.config import AUDIENCE_TABS, DemoProfile, GenerationSettings
+from core.config import AUDIENCE_TABS, DemoProfile
 from core.errors import AdapterError
-from core.runcard import Comparison, held_out, write_run_card
 from demo.arena_tab import build_results_panel
 from demo.errors import shows_errors
 from demo.queue import MODEL_QUEUE
@@ -120,29 +119,12 @@ def _all_adapters() -> list[str]:
     return [a.name for a in adapters.list_adapters()]
 
 
-def _last(pieces: Any) -> str:
-    text = ""
-    for piece in pieces:
-        text = piece.text
-    return text
-
-
 def make_run_card(engine: Any, profile: DemoProfile, name: str | None) -> str:
-    """Write the adapter's run card, answering up to 3 held-out prompts with the base and the adapter (greedy)."""
+    """Write the adapter's run card now, answering up to 3 held-out prompts with the base and the adapter (greedy;
+    :meth:`core.engine.Engine.run_card`)."""
     if not name:
         raise AdapterError("Pick an adapter first.")
-    info = adapters.get(name)
-    comparisons = []
-    for prompt, expected, turns in held_out(info):
-        if info.task == "sft":
-            settings = GenerationSettings(temperature=0.0, max_new_tokens=profile.max_new_tokens)
-            base = _last(engine.chat_stream(turns, settings, None, adapter=None))
-            tuned = _last(engine.chat_stream(turns, settings, None, adapter=name))
-        else:
-            base = engine.classify.classify(prompt, info.labels, "embedding").label
-            tuned = engine.classify.classify(prompt, None, "adapter", name).label
-        comparisons.append(Comparison(prompt, base, tuned, expected))
-    return str(write_run_card(info, comparisons))
+    return str(engine.run_card(name, rebuild=True))
 
 
 def _has_adapters(engine: Any) -> bool:

@@ -369,3 +369,24 @@ def metrics_markdown(metrics: Any | None, warnings: Sequence[str] = ()) -> str:
         )
     lines += [f"**Warning:** {md(w)}" for w in warnings]
     return "\n\n".join(lines)
+
+
+# --- storage notice -----------------------------------------------------------------------------------------------
+
+
+def storage_notice(reason: str | None) -> str:
+    """The builder's warning when the home is lost on restart (see ``core.store.storage_lost_on_restart``); '' when
+    storage is persistent."""
+    if reason is None:
+        return ""
+    fix = (
+        "enable persistent storage in the Space's settings (Settings, Persistent storage); after the restart "
+        "DemoForge keeps its home in `/data/demoforge`."
+        if reason == "no_storage"
+        else "the Space has persistent storage at `/data`, but `DEMOFORGE_HOME` points elsewhere: remove that "
+        "variable (the home then goes to `/data/demoforge`) or set it to a folder under `/data`."
+    )
+    return (
+        "**Storage is not persistent.** This Space keeps adapters, arena votes and training runs on a disk that is "
+        f"wiped when it restarts or rebuilds, so they will be lost. To keep them, {fix}"
+    )

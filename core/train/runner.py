@@ -276,6 +276,7 @@ def _finish(ctx: RunContext, status: str) -> RunResult:
     if acc.is_main_process:
         adapter_dir = save_adapter(ctx.unwrapped, ctx.tokenizer, cfg, ctx.data, ctx.base_path, metrics, ctx.run_dir)
         events.emit("checkpoint", step=pos.step, path=str(adapter_dir), reason="adapter")
+        write_card(ctx, adapter_dir, status)
     acc.wait_for_everyone()
     events.emit("end", status=status, adapter_dir=str(adapter_dir) if adapter_dir else None, metrics=metrics, **end)
     return RunResult(status, ctx.run_dir, adapter_dir, metrics)
@@ -312,6 +313,23 @@ def save_adapter(
         store.atomic_write_json(tmp / "adapter_card.json", card)
         (tmp / "README.md").write_text(_card_markdown(card), encoding="utf-8")
     return final
+
+
+def write_card(ctx: RunContext, adapter_dir: Path, status: str) -> Path | None:
+    """The run card (``run_card.html``) beside the adapter, with base-vs-tuned answers on held-out examples, written
+    before the end event so a finished run always shows one. A card that fails never fails the run: the failure is
+    logged, and the library makes the card on demand instead."""
+    from core import adapters, runcard
+
+    try:
+        # A time budget covers the card too: no comparison starts past the budget's end (minus the exit).
+        deadline = ctx.t_start + ctx.budget_s - ctx.costs.exit_s if ctx.budget_s else None
+        info = adapters.read(adapter_dir)
+        comparisons = runcard.answer_held_out(info, ctx.unwrapped, ctx.tokenizer, deadline)
+        return runcard.write_run_card(info, comparisons, status)
+    except Exception as exc:  # noqa: BLE001 - the adapter is saved; a card is never worth a failed run
+        ctx.events.log(f"run card not written ({type(exc).__name__}: {exc}); make it from the Adapters tab")
+        return None
 
 
 def _card_markdown(card: dict[str, Any]) -> str:

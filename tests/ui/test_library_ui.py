@@ -144,3 +144,114 @@ def test_export_refusals_are_clear(client: Client) -> None:
     with pytest.raises(AppError, match="No adapter named 'nope'"):
         client.predict("nope", api_name="/serve_commands")
     assert "--lora-modules beta=adapters/beta" in client.predict("beta", api_name="/serve_commands")
+
+
+# --- run card and publish to a Space ----------------------------------------------------------------------------------
+
+
+def _give_run_data(home: Path, name: str) -> None:
+    """Point the adapter's card at a training file, as a real run's card does, so it has held-out prompts."""
+    import json
+
+    data = home / "toy.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"w{i}", "response": f"r{i}"}) + "\n" for i in range(20)))
+    card_path = home / "adapters" / name / "adapter_card.json"
+    card = json.loads(card_path.read_text())
+    card["config"] = {"data_path": str(data), "eval_fraction": 0.1, "seed": 42}
+    card_path.write_text(json.dumps(card))
+
+
+def test_download_run_card_serves_the_runs_card_or_makes_one_with_held_out_answers(
+    client: Client, demoforge_home: Path
+) -> None:
+    import re
+
+    _give_run_data(demoforge_home, "alpha")
+    made = Path(client.predict("alpha", api_name="/download_run_card")).read_text(encoding="utf-8")
+    assert made.startswith("<!doctype html>") and "<h1>alpha</h1>" in made and "<script" not in made
+    section = made.split("base vs tuned</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = re.findall(r"<tr><td>(w\d+)</td><td>(.*?)</td><td>(.*?)</td><td>(r\d+)</td></tr>", section, re.S)
+    assert len(rows) == 2 and all(base != tuned for _, base, tuned, _ in rows), section  # 2 eval rows of 20
+    # The card a run wrote is served as it is (not remade).
+    (demoforge_home / "adapters" / "beta" / "run_card.html").write_text("<!doctype html><p>written by the run</p>")
+    served = Path(client.predict("beta", api_name="/download_run_card")).read_text(encoding="utf-8")
+    assert served == "<!doctype html><p>written by the run</p>"
+    with pytest.raises(AppError, match="No adapter selected"):
+        client.predict(None, api_name="/download_run_card")
+
+
+TOKEN = "hf_NOT_A_REAL_TOKEN_abcdefghijklmnop"
+
+
+def test_publish_without_a_token_or_offline_names_the_bundle_folder_and_never_the_token(
+    client: Client, demoforge_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(AppError, match="not of the form owner/name"):
+        client.predict("alpha", "default", "no-slash", TOKEN, False, api_name="/publish_space")
+    assert not (demoforge_home / "bundles").exists()  # a bad id is refused before anything is built
+    with pytest.raises(AppError, match=r"No Hugging Face token.*The bundle is ready in bundles/") as err:
+        client.predict("alpha", "default", "acme/alpha-demo", "", False, api_name="/publish_space")
+    assert str(demoforge_home) not in str(err.value)
+    (bundle,) = (demoforge_home / "bundles").iterdir()
+    assert f"bundles/{bundle.name}" in str(err.value) and (bundle / "adapters" / "alpha").is_dir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AppError, match=r"Could not upload to the Space 'acme/alpha-demo'.*ready in bundles/") as err:
+        client.predict("alpha", "default", "acme/alpha-demo", TOKEN, False, api_name="/publish_space")
+    assert TOKEN not in str(err.value) and TOKEN not in caplog.text
+    for f in (demoforge_home / "bundles").rglob("*"):
+        if f.is_file() and f.stat().st_size < 5_000_000:
+            assert TOKEN.encode() not in f.read_bytes(), f
+
+
+def test_publish_creates_the_space_and_uploads_a_bundle_that_lands_on_the_adapter(
+    client: Client, demoforge_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from core.config import DemoProfile
+
+    calls: list[tuple] = []
+
+    class FakeHub:
+        def __init__(self, token: str) -> None:
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id: str, **kw: object) -> None:
+            calls.append(("create", repo_id, kw))
+
+        def upload_folder(self, folder_path: str, repo_id: str, repo_type: str) -> None:
+            calls.append(("upload", Path(folder_path), repo_id, repo_type))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    status = client.predict("beta", "default", " acme/beta-demo ", TOKEN, True, api_name="/publish_space")
+    assert status.startswith("Published **beta** to [https://huggingface.co/spaces/acme/beta-demo]")
+    assert TOKEN not in status and str(demoforge_home) not in status
+    (_, token), (_, repo, kw), (_, folder, repo2, kind) = calls
+    assert token == TOKEN and repo == repo2 == "acme/beta-demo" and kind == "space"
+    assert kw == {"repo_type": "space", "space_sdk": "gradio", "private": True, "exist_ok": True}
+    # The default profile names no adapter: the published one becomes what a visitor lands on.
+    landed = DemoProfile.load(folder / "assets" / "profiles" / "default.yaml")
+    assert landed.audience_adapters == ["beta"] and landed.default_adapter == "beta"
+    assert (folder / "README.md").read_text().startswith("---\ntitle:")
+
+
+# --- storage notice on a Space ---------------------------------------------------------------------------------------
+
+
+def _markdown_values(url: str) -> dict[str, str]:
+    config = httpx.get(f"{url}config").json()
+    return {c["props"].get("elem_id") or "": str(c["props"].get("value")) for c in config["components"]}
+
+
+def test_a_space_without_persistent_storage_tells_the_builder_what_is_lost_and_how_to_fix_it(
+    tiny_models: dict[str, Path], demoforge_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32")
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    with serve(Engine(config), config) as url:
+        assert "df-storage-notice" not in _markdown_values(url)  # a laptop's disk persists: no notice
+    monkeypatch.setenv("SPACE_ID", "acme/demo")  # the test home is not on /data: lost on restart
+    with serve(Engine(config), config) as url:
+        notice = _markdown_values(url)["df-storage-notice"]
+    assert "Storage is not persistent" in notice and "adapters, arena votes and training runs" in notice
+    assert "/data" in notice

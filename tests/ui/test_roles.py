@@ -110,7 +110,9 @@ def test_audience_app_holds_only_audience_handlers(roles: dict) -> None:
 def test_every_builder_endpoint_is_unreachable_from_an_audience_session(roles: dict) -> None:
     url, served = roles["url"], roles["served"]
     builder_only = {n: i for n, i in builder_endpoints(served).items() if n not in AUDIENCE_ENDPOINTS}
-    for must in ("delete_adapter", "push_adapter", "start_training", "rename_adapter", "merge_adapter"):
+    musts = ("delete_adapter", "push_adapter", "start_training", "rename_adapter", "merge_adapter")
+    musts += ("publish_space", "download_run_card", "run_card")  # the Adapters tab's publish and run card
+    for must in musts:
         assert any(must in n for n in builder_only), (must, sorted(builder_only))
     client = Client(url, auth=AUDIENCE, verbose=False)
     listed = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
@@ -259,3 +261,17 @@ def test_share_or_space_makes_audience_the_default(monkeypatch: pytest.MonkeyPat
     assert not AppConfig(share=True, auth=AUDIENCE, mode="builder").audience_default
     monkeypatch.setenv("SPACE_ID", "acme/demo")
     assert AppConfig().audience_default
+
+
+def test_the_audience_sees_the_landing_adapters_run_card_as_about_this_model(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    with isolated_home(tmp_path):
+        make_chat_adapter(tmp_path / "adapters" / "tuned-a", tiny_models["llama"], 1)
+        card = "<!doctype html><h1>tuned-a</h1><p>held-out: w1 -> r1</p>"
+        (tmp_path / "adapters" / "tuned-a" / "run_card.html").write_text(card, encoding="utf-8")
+        config = AppConfig(model=str(tiny_models["llama"]), mode="audience", profile=audience_profile())
+        served = build_server(Engine(config), config, VoteStore(tmp_path / "v.sqlite"))
+        with running(served, "127.0.0.1", free_port()) as url:
+            page = json.dumps(httpx.get(f"{url}/config").json())
+        assert "About this model" in page and "held-out: w1 -&gt; r1" in page  # in an iframe's srcdoc, escaped

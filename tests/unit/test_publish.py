@@ -94,3 +94,75 @@ def test_offline_upload_names_the_bundle_folder_and_never_the_token(
     for f in bundle.path.rglob("*"):
         if f.is_file() and f.stat().st_size < 5_000_000:
             assert TOKEN.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.parametrize("bad", ["", "acme", "acme/", "/demo", "acme/demo/x", "acme/de mo", "acme/-demo"])
+def test_a_malformed_space_id_is_refused_with_the_form_to_use(bad: str) -> None:
+    from core.publish import check_space_id
+
+    with pytest.raises(PublishError, match="not of the form owner/name"):
+        check_space_id(bad)
+
+
+def test_space_id_is_stripped() -> None:
+    from core.publish import check_space_id
+
+    assert check_space_id("  acme/support-demo_2.0 ") == "acme/support-demo_2.0"
+
+
+def test_the_published_adapters_are_what_a_visitor_lands_on(demoforge_home: Path) -> None:
+    from dataclasses import replace
+
+    from core.publish import landing_profile
+
+    _adapter(demoforge_home, "chat-a")
+    _adapter(demoforge_home, "chat-b")
+    cls = demoforge_home / "adapters" / "cls"
+    _adapter(demoforge_home, "cls")
+    card = json.loads((cls / adapters.CARD).read_text())
+    (cls / adapters.CARD).write_text(json.dumps({**card, "task": "classification", "labels": ["a", "b"]}))
+    infos = [adapters.get(n) for n in ("chat-a", "chat-b", "cls")]
+    landed = landing_profile(DemoProfile(), infos)
+    assert landed.audience_adapters == ["chat-a", "chat-b"] and landed.default_adapter == "chat-a"
+    assert landed.classify_adapter == "cls" and landed.tabs == ["chat", "classify"]
+    # A profile that names its own adapters is the presenter's choice: kept as it is.
+    own = replace(DemoProfile(audience_adapters=["chat-b"], default_adapter="chat-b"), classify_adapter="cls")
+    assert landing_profile(own, infos) == own
+
+
+def test_publish_builds_before_it_needs_the_token(demoforge_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import publish as P
+
+    _adapter(demoforge_home)
+    monkeypatch.setattr(P, "_vendor_models", lambda dest: None)  # the models' copy is checked above
+    seen: list[tuple[float, str]] = []
+    with pytest.raises(PublishError, match=r"No Hugging Face token.*ready in SHOWN:bundles/") as err:
+        P.publish(["tuned"], DemoProfile(), "acme/demo", "", shown=lambda p: f"SHOWN:bundles/{p.name}",
+                  on_progress=lambda f, d: seen.append((f, d)))  # fmt: skip
+    (bundle,) = (demoforge_home / "bundles").iterdir()
+    assert bundle.name in str(err.value) and (bundle / "adapters" / "tuned").is_dir()
+    assert [f for f, _ in seen] == [0.05, 0.5] and "Building the bundle" in seen[0][1]
+    with pytest.raises(PublishError, match="Pick an adapter"):
+        P.publish([], DemoProfile(), "acme/demo", TOKEN)
+
+
+def test_cli_private_flag_reaches_the_hub(bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    made: dict = {}
+
+    class FakeHub:
+        def __init__(self, token: str) -> None:
+            pass
+
+        def create_repo(self, repo_id: str, **kw: object) -> None:
+            made.update(kw, repo_id=repo_id)
+
+        def upload_folder(self, **kw: object) -> None:
+            made["uploaded"] = kw["folder_path"]
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    argv = ["--upload-only", str(bundle.path), "--space-id", "acme/demo", "--token", TOKEN, "--private"]
+    assert main(argv) == 0
+    assert made["private"] is True and made["repo_id"] == "acme/demo" and made["uploaded"] == str(bundle.path)
+    assert main(["--upload-only", str(bundle.path), "--space-id", "not a space", "--token", TOKEN]) == 2
