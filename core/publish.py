@@ -117,6 +117,17 @@ def _vendor_models(dest: Path) -> None:
         shutil.copytree(src, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
+def _new_bundle_dir(parent: Path, title: str) -> Path:
+    """A fresh ``<time>-<title>`` folder name under ``parent``; a second publish in the same second gets ``-2``
+    (it was refused as "not empty")."""
+    stem = store.safe_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{title}")
+    candidate, n = parent / stem, 1
+    while candidate.exists():
+        n += 1
+        candidate = parent / f"{stem}-{n}"
+    return candidate
+
+
 def build_bundle(
     adapter_names: list[str],
     profile: DemoProfile,
@@ -139,7 +150,7 @@ def build_bundle(
             f"The profile names adapters {missing} that are not being published: add --adapter for each."
         )
     if out_dir is None:
-        out_dir = store.subdir("bundles", home) / store.safe_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{profile.title}")
+        out_dir = _new_bundle_dir(store.subdir("bundles", home), profile.title)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise PublishError(f"The bundle folder {out_dir} is not empty: choose a new --out folder.")

@@ -146,6 +146,21 @@ def test_publish_builds_before_it_needs_the_token(demoforge_home: Path, monkeypa
         P.publish([], DemoProfile(), "acme/demo", TOKEN)
 
 
+def test_two_publishes_in_the_same_second_get_two_bundle_folders(
+    demoforge_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is named after the time to the second: a quick retry once found it "not empty" and failed."""
+    from core import publish as P
+
+    _adapter(demoforge_home)
+    monkeypatch.setattr(P, "_vendor_models", lambda dest: None)
+    monkeypatch.setattr(P.time, "strftime", lambda fmt, *a: "20260101-000000")
+    first = P.build_bundle(["tuned"], DemoProfile())
+    second = P.build_bundle(["tuned"], DemoProfile())
+    assert first.path != second.path and second.path.name == f"{first.path.name}-2"
+    assert (second.path / "adapters" / "tuned").is_dir()
+
+
 def test_cli_private_flag_reaches_the_hub(bundle, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
