@@ -71,6 +71,9 @@ def test_head_init_skips_labels_without_words_and_causal_lm_heads(tiny_models: d
     before = model.classifier.weight.clone()
     assert not init_head_from_label_names(model, tok, ["0", "1"], [])  # '0'/'1' name nothing to start from
     assert torch.equal(model.classifier.weight, before)
+    # names the tokenizer cannot read ('[UNK]' alike) would make equal rows, and equal logits train no encoder weight
+    assert not init_head_from_label_names(model, tok, ["negative", "positive"], [])
+    assert torch.equal(model.classifier.weight, before)
     llama = AutoModelForSequenceClassification.from_pretrained(tiny_models["llama"], num_labels=2)
     llama.config.pad_token_id = tok.pad_token_id
     before = llama.score.weight.clone()
@@ -95,13 +98,16 @@ def test_build_model_starts_the_trained_head_from_label_names(
     torch.manual_seed(0)
     plain = tl.build_model(_cfg(base), str(base), labels, tok.pad_token_id)
     torch.manual_seed(0)
-    seeded = tl.build_model(_cfg(base), str(base), labels, tok.pad_token_id, tok, [])
+    sample = [tok(f"the {w}")["input_ids"] for w in TOY_WORDS[:40]]
+    seeded = tl.build_model(_cfg(base), str(base), labels, tok.pad_token_id, tok, sample)
     head = "classifier.modules_to_save.default.weight"
     w_plain = dict(plain.named_parameters())[f"base_model.model.{head}"]
     w_seeded = dict(seeded.named_parameters())[f"base_model.model.{head}"]
     assert w_seeded.requires_grad and not torch.allclose(w_plain, w_seeded)
     with torch.no_grad():
-        feats = seeded.base_model.model.bert(**tok(labels, return_tensors="pt", padding=True)).pooler_output
-    # no sample: no centring, rows point at the names' own features
-    units = torch.nn.functional.normalize(feats, dim=-1)
+        bert = seeded.base_model.model.bert
+        feats = bert(**tok(labels, return_tensors="pt", padding=True)).pooler_output
+        texts = torch.cat([bert(input_ids=torch.tensor([ids])).pooler_output for ids in sample])
+    centre = torch.nn.functional.normalize(texts, dim=-1).mean(0)
+    units = torch.nn.functional.normalize(torch.nn.functional.normalize(feats, dim=-1) - centre, dim=-1)
     assert torch.allclose(torch.nn.functional.normalize(w_seeded.detach(), dim=-1), units, atol=1e-4)
