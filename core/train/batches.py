@@ -121,16 +121,46 @@ def as_train_row(row: Any) -> dict[str, Any]:
 
 
 def epoch_batches(
-    rows: list[dict[str, Any]], rows_per_batch: int, seed: int, epoch: int, rank: int, world: int, by_length: bool
+    rows: list[dict[str, Any]],
+    rows_per_batch: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world: int,
+    by_length: bool,
+    longest_first: int | None = None,
 ) -> list[list[int]]:
     """This rank's micro-batches (row indices) for one epoch: a seeded shuffle, identical on every rank and on resume.
 
     Every rank gets the same number of batches (the tail that does not divide evenly is dropped), so DDP ranks
     always run the same number of forward/backward passes. ``by_length`` sorts within chunks of 16 batches before
     batching, so classification batches pad little; packed SFT rows are already nearly max_length.
+    ``longest_first`` (rows a run will see, when fewer than the epoch holds): those rows are the longest ones, shuffled
+    among themselves, and the rest follow. A budget that cannot see every row then trains on the rows that carry
+    the most text (SST-2: whole sentences rather than its many 2-3 word sub-phrases).
     """
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(len(rows), generator=gen).tolist()
+    groups = [order]
+    if longest_first is not None and 0 < longest_first < len(rows):
+        ranked = sorted(order, key=lambda j: -len(rows[j]["input_ids"]))  # stable: ties keep the shuffled order
+        keep = math.ceil(longest_first / rows_per_batch) * rows_per_batch  # whole batches of the longest rows
+        head = set(ranked[:keep])
+        groups = [[i for i in order if i in head], [i for i in order if i not in head]]
+    batches = [b for group in groups for b in _group_batches(group, rows, rows_per_batch, gen, by_length)]
+    usable = (len(batches) // world) * world
+    if usable == 0:
+        raise TrainError(
+            f"Too little training data: {len(rows)} rows make {len(batches)} batches of {rows_per_batch}, "
+            f"fewer than the {world} processes. Add rows or lower batch_size."
+        )
+    return batches[rank:usable:world]
+
+
+def _group_batches(
+    order: list[int], rows: list[dict[str, Any]], rows_per_batch: int, gen: torch.Generator, by_length: bool
+) -> list[list[int]]:
+    """``order`` cut into batches; ``by_length``: rows sorted within chunks of 16 batches, then the batches shuffled."""
     if by_length:
         chunk = rows_per_batch * 16
         order = [
@@ -142,13 +172,7 @@ def epoch_batches(
     if by_length:
         perm = torch.randperm(len(batches), generator=gen).tolist()
         batches = [batches[i] for i in perm]
-    usable = (len(batches) // world) * world
-    if usable == 0:
-        raise TrainError(
-            f"Too little training data: {len(rows)} rows make {len(batches)} batches of {rows_per_batch}, "
-            f"fewer than the {world} processes. Add rows or lower batch_size."
-        )
-    return batches[rank:usable:world]
+    return batches
 
 
 def steps_per_epoch(n_batches: int, grad_accum: int) -> int:

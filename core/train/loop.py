@@ -83,7 +83,11 @@ class RunContext:
         acc, cfg = self.accelerator, self.cfg
         by_length = cfg.task == "classification"
         rows = self.data.train_rows
-        return epoch_batches(rows, cfg.rows_per_batch, cfg.seed, epoch, acc.process_index, acc.num_processes, by_length)
+        # a planned total that cannot see every row trains on the longest ones (classification; epoch_batches)
+        seen = self.pos.total_steps * cfg.grad_accum * cfg.rows_per_batch * acc.num_processes
+        first = seen if by_length and epoch == 0 and self.pos.total_steps else None
+        world = acc.num_processes
+        return epoch_batches(rows, cfg.rows_per_batch, cfg.seed, epoch, acc.process_index, world, by_length, first)
 
     def eta_s(self) -> float:
         """Seconds to a saved adapter: remaining steps, evaluations, checkpoints and the final phases."""

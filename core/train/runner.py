@@ -178,7 +178,9 @@ def _build(
     data = load_train_data(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     set_seed(cfg.seed)  # LoRA init identical on every rank and on resume
-    model = build_model(cfg, base_path, data.labels, pad_id)
+    rows = data.train_rows
+    sample = [r["input_ids"] for r in rows[:: max(1, len(rows) // 256)]] if cfg.task == "classification" else None
+    model = build_model(cfg, base_path, data.labels, pad_id, tokenizer, sample)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)

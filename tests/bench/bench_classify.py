@@ -16,7 +16,8 @@
       the train split, the dev split as its eval file (best checkpoint), scored on the held-out split; zero-shot vs
       fine-tuned and their ratio. --ft-minutes sets the time budget; --ft-steps N trains exactly N steps instead (for
       a shared CPU where a time budget measures the neighbours), reporting steps/s so the budget can be
-      extrapolated.
+      extrapolated. The head starts at the label names' prototypes (core.train.model.init_head_from_label_names) and a
+      run that cannot see every row trains on the longest rows first (core.train.batches.epoch_batches).
 Splits (seed 0, random.Random): SST-2 held-out = 1,000 *full sentences* (distinct rows of >= 12 words, shuffled;
 the first 1,000), dev = the next 500; train = every other row, minus any row whose text is a word span of a
 held-out or dev sentence (SST-2 lists sub-phrases of its sentences as rows: ~12k such rows removed).
