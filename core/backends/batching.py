@@ -242,8 +242,12 @@ class BatchScheduler:
                 req.out.put(("done", "stopped"))
                 continue
             slot, source, reuse = self._place(req)
-            if not self._make_room(req.reserve, slot):
-                break
+            if not self._make_room(req.reserve, slot, source):
+                if source == slot:
+                    break
+                slot, source, reuse = slot, slot, 0  # no room to keep the prefix's slot too: prefill it all
+                if not self._make_room(req.reserve, slot, source):
+                    break
             self._pending.popleft()
             self._free.remove(slot)
             self._reserved += req.reserve
@@ -283,9 +287,13 @@ class BatchScheduler:
         target = min(self._free, key=lambda s: (len(self._kv[s]) > 0, self._used[s]))
         return target, best if reuse else target, reuse
 
-    def _make_room(self, need: int, slot: int) -> bool:
-        """Drop least recently used cached prefixes of other free slots until ``need`` more cells fit the pool."""
-        cached = {s: len(self._kv[s]) for s in self._free if s != slot and self._kv[s]}
+    def _make_room(self, need: int, slot: int, source: int) -> bool:
+        """Drop least recently used cached prefixes of free slots (not the request's ``slot``, nor the ``source`` it
+        copies from) until ``need`` more cells fit the pool."""
+        keep = {slot, source}
+        cached = {s: len(self._kv[s]) for s in self._free if s not in keep and self._kv[s]}
+        if source != slot and source in self._free:  # its cells stay (the reused part is shared, counted in need)
+            need += len(self._kv[source])
         for victim in sorted(cached, key=lambda s: self._used[s]):
             if self._reserved + sum(cached.values()) + need <= self.n_ctx:
                 break
