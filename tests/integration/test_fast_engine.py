@@ -238,7 +238,8 @@ def test_a_new_visitor_reuses_the_shared_system_prompt_without_evicting_a_conver
         sched.cache_cells = 150  # one short chat (a ~35-token prompt, <= 48 new tokens) fits, two do not
         _reply(fast, "What is 2 plus 2?")
         assert 0 < sched.cached_cells <= sched.cache_cells
-        assert sum(bool(kv) for kv in sched._kv) == 1  # the newest kept, the least recently used dropped
+        newest = _ids_of(ref, [{"role": "user", "content": "What is 2 plus 2?"}])
+        assert any(kv[: len(newest)] == newest for kv in sched._kv)  # the newest kept, the least recent dropped
     finally:
         sched.cache_cells = budget
 
