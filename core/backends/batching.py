@@ -6,6 +6,11 @@ sequence, plus a chunk of each new prompt. A LoRA adapter is set per context, so
 one adapter (the base counts as one); several adapters take turns step by step. A visitor's long reply never holds
 up the others: a new request joins the running batch at the next step instead of waiting for it to finish.
 
+Prefix reuse: a finished sequence leaves its KV in its slot. A new request whose prompt starts with tokens some
+slot already holds (the same system prompt, or the earlier turns of the same conversation) reuses that slot's KV,
+or a copy of the shared prefix (cells are shared, not duplicated, in the unified pool), and prefills only the rest.
+The time to the first token then depends on the new tokens, not the whole prompt.
+
 Stop: the consumer sets its request's ``cancel``; the scheduler drops the sequence at the start of the next step.
 """
 
@@ -25,6 +30,7 @@ from typing import Any
 
 import llama_cpp as lc
 
+from core.backends.threads import ThreadTuner
 from core.config import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,9 @@ class _Seq:
     slot: int
     sampler: Any
     fed: int = 0
-    """Prompt tokens already decoded."""
+    """Prompt tokens already decoded (or reused from a cached prefix)."""
+    reused: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
     last: int | None = None
     """The token sampled last (fed at the next step)."""
     generated: int = 0
@@ -115,6 +123,8 @@ class BatchScheduler:
         n_batch: int,
         native_lock: threading.Lock,
         exclusive: Callable[..., Any] | None = None,
+        tuner: ThreadTuner | None = None,
+        cache_cells: int = 2048,
     ) -> None:
         """Args:
         ctx, vocab: the llama.cpp context (created with ``n_seq_max=slots``, unified KV) and the model's vocabulary.
@@ -122,12 +132,18 @@ class BatchScheduler:
         native_lock: held around every call into the context (adapter loads share it).
         exclusive: runs one step (e.g. on the engine's model thread, so llama.cpp and torch never compute at
             once on the same cores); None runs it on the scheduler thread.
+        tuner: picks the thread count per step from measured step times; None keeps the context's count.
+        cache_cells: most KV cells idle slots keep as reusable prefixes. Every step's attention spans the pool up
+            to its highest used cell, so idle caches are not free: a few thousand cells slowed decoding.
         """
         self.ctx, self.vocab, self.slots, self.n_ctx, self.n_batch = ctx, vocab, slots, n_ctx, n_batch
         self.n_vocab = lc.llama_vocab_n_tokens(vocab)
         self._mem = lc.llama_get_memory(ctx)
         self._native = native_lock
         self._exclusive = exclusive
+        self.tuner = tuner
+        self._threads = tuner.threads() if tuner else 0
+        self.cache_cells = cache_cells
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self._cond = threading.Condition()
@@ -135,6 +151,13 @@ class BatchScheduler:
         self._active: list[_Seq] = []
         self._free = list(range(slots))
         self._reserved = 0
+        # What each slot's KV holds (token ids at positions 0..n-1) and the adapter it was computed with; kept
+        # after a request ends so the next one with the same prefix skips its prefill.
+        self._kv: list[list[int]] = [[] for _ in range(slots)]
+        self._kv_lora: list[Any] = [None] * slots
+        self._used: list[float] = [0.0] * slots
+        """When each slot last ended a request (least recently used caches are dropped first)."""
+        self.reused_tokens = 0
         self._lora: Any = None
         self._turn = 0
         self._closed = False
@@ -164,6 +187,18 @@ class BatchScheduler:
         """(running, waiting) requests."""
         with self._cond:
             return len(self._active), len(self._pending)
+
+    @property
+    def cached_cells(self) -> int:
+        """KV cells idle slots keep for prefix reuse."""
+        with self._cond:
+            return sum(len(self._kv[s]) for s in self._free)
+
+    def forget_prefixes(self) -> None:
+        """Drop every idle slot's cached prefix (running requests keep theirs)."""
+        with self._cond:
+            for slot in self._free:
+                self._drop(slot)
 
     def close(self) -> None:
         """Stop the loop; running and waiting requests end with an error."""
@@ -206,13 +241,71 @@ class BatchScheduler:
                 self._pending.popleft()
                 req.out.put(("done", "stopped"))
                 continue
-            if self._reserved + req.reserve > self.n_ctx:
-                break
+            slot, source, reuse = self._place(req)
+            if not self._make_room(req.reserve, slot, source):
+                if source == slot:
+                    break
+                slot, source, reuse = slot, slot, 0  # no room to keep the prefix's slot too: prefill it all
+                if not self._make_room(req.reserve, slot, source):
+                    break
             self._pending.popleft()
+            self._free.remove(slot)
             self._reserved += req.reserve
             req.admitted_s = time.perf_counter()
-            sampler = make_sampler(req.settings, self.n_vocab, req.ids)
-            self._active.append(_Seq(req=req, slot=self._free.pop(0), sampler=sampler))
+            with self._native:
+                if source != slot:
+                    lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                    if reuse:  # the unified pool shares the cells: a copy costs no compute and no new cells
+                        lc.llama_memory_seq_cp(self._mem, source, slot, 0, reuse)
+                elif not lc.llama_memory_seq_rm(self._mem, slot, reuse, -1):
+                    lc.llama_memory_seq_rm(self._mem, slot, -1, -1)  # a cache that cannot be cut: start afresh
+                    reuse = 0
+                sampler = make_sampler(req.settings, self.n_vocab, req.ids)
+            self._kv[slot] = list(req.ids[:reuse])
+            self._kv_lora[slot] = req.lora
+            self.reused_tokens += reuse
+            self._active.append(_Seq(req=req, slot=slot, sampler=sampler, fed=reuse, reused=reuse))
+
+    def _place(self, req: Request) -> tuple[int, int, int]:
+        """(free slot for ``req``, slot whose KV it reuses, prompt tokens reused).
+
+        The longest cached prefix wins, from any slot (a running one too) with the same adapter. It is taken over
+        in place when the request continues that slot's conversation (the cache is all prefix); otherwise it is
+        copied into an empty or least recently used free slot, so another conversation's cache survives.
+        At least the prompt's last token is always decoded: its logits give the first reply token.
+        """
+        limit = len(req.ids) - 1
+        best, reuse = self._free[0], 0
+        for slot in range(self.slots):
+            if self._kv_lora[slot] is not req.lora:
+                continue
+            n = _common_prefix(self._kv[slot], req.ids, limit)
+            if n > reuse or (n == reuse and n and slot in self._free):
+                best, reuse = slot, n
+        if best in self._free and reuse == len(self._kv[best]):
+            return best, best, reuse
+        target = min(self._free, key=lambda s: (len(self._kv[s]) > 0, self._used[s]))
+        return target, best if reuse else target, reuse
+
+    def _make_room(self, need: int, slot: int, source: int) -> bool:
+        """Drop least recently used cached prefixes of free slots (not the request's ``slot``, nor the ``source`` it
+        copies from) until ``need`` more cells fit the pool."""
+        keep = {slot, source}
+        cached = {s: len(self._kv[s]) for s in self._free if s not in keep and self._kv[s]}
+        if source != slot and source in self._free:  # its cells stay (the reused part is shared, counted in need)
+            need += len(self._kv[source])
+        for victim in sorted(cached, key=lambda s: self._used[s]):
+            if self._reserved + sum(cached.values()) + need <= self.n_ctx:
+                break
+            self._drop(victim)
+            del cached[victim]
+        return self._reserved + sum(cached.values()) + need <= self.n_ctx
+
+    def _drop(self, slot: int) -> None:
+        """Forget a slot's cached KV."""
+        with self._native:
+            lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self._kv[slot], self._kv_lora[slot] = [], None
 
     def _finish(self, seq: _Seq, event: tuple[str, Any]) -> None:
         """Free the sequence's slot, KV cells and sampler, and tell its consumer."""
@@ -220,12 +313,18 @@ class BatchScheduler:
         if tail and event[0] == "done":
             seq.req.out.put(("text", tail))
         with self._native:
-            lc.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            if event[0] == "error":  # the KV may hold half a step: never reuse it
+                lc.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                self._kv[seq.slot], self._kv_lora[seq.slot] = [], None
             lc.llama_sampler_free(seq.sampler)
+        self._used[seq.slot] = time.perf_counter()
         with self._cond:
             self._active.remove(seq)
             self._free.append(seq.slot)
             self._reserved -= seq.req.reserve
+            idle = sorted((s for s in self._free if self._kv[s]), key=lambda s: self._used[s])
+            while idle and sum(len(self._kv[s]) for s in idle) > self.cache_cells:
+                self._drop(idle.pop(0))
         seq.req.out.put(event)
 
     def _step(self) -> None:
@@ -243,6 +342,7 @@ class BatchScheduler:
         for seq in group:  # running replies first: one token each
             if not seq.prefilling and room > 0:
                 self._put(n, seq.last, seq.fed + seq.generated - 1, seq.slot, True)
+                self._kv[seq.slot].append(seq.last)
                 wants.append((seq, n))
                 n, room = n + 1, room - 1
         for seq in group:  # then prompt chunks
@@ -254,6 +354,7 @@ class BatchScheduler:
                     if last:
                         wants.append((seq, n))
                     n += 1
+                self._kv[seq.slot].extend(seq.req.ids[seq.fed : seq.fed + take])
                 seq.fed += take
                 room -= take
         batch.n_tokens = n
@@ -267,7 +368,13 @@ class BatchScheduler:
                         self.ctx, (lc.llama_adapter_lora_p_ctypes * 1)(lora), 1, (ctypes.c_float * 1)(1.0)
                     )
                 self._lora = lora
+            if self.tuner is not None and self.tuner.threads() != self._threads:
+                self._threads = self.tuner.threads()
+                lc.llama_set_n_threads(self.ctx, self._threads, self._threads)
+            start = time.perf_counter()
             rc = lc.llama_decode(self.ctx, batch)
+            if self.tuner is not None and rc == 0:
+                self.tuner.record(time.perf_counter() - start, n, decode_only=n == len(wants))
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
             self.steps += 1
@@ -297,3 +404,12 @@ class BatchScheduler:
             self._piece = ctypes.create_string_buffer(-n)
             n = lc.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         return self._piece.raw[:n]
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from core import adapters, specs
 from core.backends import lora_gguf
 from core.backends.base import ChatBackend
+from core.backends.threads import ThreadTuner, candidates
 from core.chat import Message, ReplyStats, StreamPiece, build_prompt, normalise_messages
 from core.config import GenerationSettings
 from core.errors import AdapterError, ModelError
@@ -42,7 +43,8 @@ class LlamaCppOptions:
     """How the llama.cpp context is sized."""
 
     threads: int | None = None
-    """Compute threads; None = the CPUs this process may use. Each step holds the engine's compute lock, which
+    """Compute threads; None = measured while serving (core.backends.threads): all the CPUs this process may use
+    on a quiet machine, fewer when other work contends for them. Each step holds the engine's compute lock, which
     every torch job on the model thread holds too: the two never compute at once, so each may use every core."""
     slots: int = DEFAULT_SLOTS
     """Requests decoded together (sequence slots)."""
@@ -50,10 +52,12 @@ class LlamaCppOptions:
     """KV-cache cells shared by all slots; one request may use up to the model's context."""
     n_batch: int = 512
     """Most tokens per decode call (running tokens + prompt chunks)."""
+    cache_cells: int = 2048
+    """KV cells finished chats may keep for prefix reuse (their system prompt and turns skip the prefill)."""
 
     def __post_init__(self) -> None:
-        if self.threads is None:
-            self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if (self.threads is not None and self.threads < 1) or self.cache_cells < 0:
+            raise ModelError(f"llama.cpp options out of range: {self}")
         if self.slots < 1 or self.kv_cells < 256 or self.n_batch < 32:
             raise ModelError(f"llama.cpp options out of range: {self}")
 
@@ -148,7 +152,9 @@ class LlamaCppBackend(ChatBackend):
         cparams.n_ctx = opts.kv_cells
         cparams.n_batch = cparams.n_ubatch = opts.n_batch
         cparams.n_seq_max = opts.slots
-        cparams.n_threads = cparams.n_threads_batch = opts.threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        tuner = ThreadTuner(candidates(cpus)) if opts.threads is None else None
+        cparams.n_threads = cparams.n_threads_batch = opts.threads or cpus
         cparams.kv_unified = True  # one pool of cells shared by all slots: a single long chat may use all of it
         cparams.no_perf = True
         self._ctx = lc.llama_init_from_model(self._model, cparams)
@@ -166,7 +172,9 @@ class LlamaCppBackend(ChatBackend):
         self._prompt_lock = threading.Lock()  # a fast tokenizer must not be used from two threads at once
         self._loras: dict[str, tuple[Path, Any]] = {}
         self._base_info: lora_gguf.BaseInfo | None = None
-        self._sched = BatchScheduler(self._ctx, vocab, opts.slots, opts.kv_cells, opts.n_batch, self._native, exclusive)
+        self._sched = BatchScheduler(
+            self._ctx, vocab, opts.slots, opts.kv_cells, opts.n_batch, self._native, exclusive, tuner, opts.cache_cells
+        )
         self.load_seconds = time.perf_counter() - start
 
     @classmethod
@@ -192,7 +200,9 @@ class LlamaCppBackend(ChatBackend):
         """Name · quantisation · engine with its threads and parallel slots."""
         quant = self._desc.split()[-1] if self._desc else "GGUF"
         o = self.options
-        return f"{self._display} · {quant} GGUF · llama.cpp ({o.threads} threads, {o.slots} chats at once)"
+        tuner = self._sched.tuner
+        threads = f"{o.threads} threads" if tuner is None else f"{'/'.join(map(str, tuner.choices))} threads, measured"
+        return f"{self._display} · {quant} GGUF · llama.cpp ({threads}, {o.slots} chats at once)"
 
     @property
     def context_length(self) -> int:

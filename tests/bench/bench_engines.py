@@ -8,7 +8,11 @@ Adapter switching (first use = conversion to a GGUF LoRA, then cached).
 Through the running app (separate server process, gradio_client /chat, streaming): one chat, then 8 at once.
 Peak RSS of that server: base only, then after chatting with 3 adapters.
 
-Run:  python tests/bench/bench_engines.py [--skip-app] [--threads N]   (prints a Markdown table and a JSON line)
+The fast engine's time to first token: a new prompt, one whose system prompt is cached, a conversation's next turn.
+Optionally CTranslate2 int8 on the same model (--ctranslate2).
+
+Run:  python tests/bench/bench_engines.py [--short] [--skip-app] [--threads N] [--ctranslate2]
+      (prints a Markdown table and a JSON line; --short: one run per figure, ~half the time)
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ PROMPT = (
 )
 REPEATS = 3
 STORY = "Write a long, detailed story about {}. Describe every scene."
+NEXT = "Thanks! Which of those steps should I do first?"
 TOPICS = ["a dragon", "a baker", "a lighthouse", "a robot", "a city", "a river", "a ship", "a garden"]
 
 
@@ -105,6 +110,7 @@ def _fast_run(backend, ids: list[int], lora=None) -> tuple[float, float]:
 
     req = Request(ids=ids, settings=GenerationSettings(temperature=0.0, max_new_tokens=NEW, repetition_penalty=1.0))
     req.lora, req.ignore_eos = lora, True
+    backend._sched.forget_prefixes()  # a cold prompt, as the baseline's (bench_fast_ttft measures the cached cases)
     t = time.perf_counter()
     backend._sched.submit(req)
     first = None
@@ -148,6 +154,89 @@ def bench_fast(ids: list[int], threads: int) -> dict:
     out["fast_lora"] = _median([_fast_run(backend, ids, lora) for _ in range(REPEATS)])
     backend.close()
     return out
+
+
+def bench_fast_ttft(ids: list[int]) -> dict:
+    """Time to the first token of the fast engine (threads measured while serving, as in the app) when the prompt
+    is new to it, when only the system prompt is cached (a new visitor), and on a conversation's next turn."""
+    from transformers import AutoTokenizer
+
+    from core.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+    from core.chat import build_prompt, normalise_messages
+    from core.config import GenerationSettings
+    from core.models import embedded_chat_path, embedded_gguf_file
+
+    tok = AutoTokenizer.from_pretrained(embedded_chat_path())
+    backend = LlamaCppBackend(embedded_gguf_file(), tok, "default", LlamaCppOptions())
+    sched = backend._sched
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=NEW, repetition_penalty=1.0)
+
+    def ttft(history: list[dict]) -> tuple[float, int, str]:
+        before = sched.reused_tokens
+        *_, last = backend.stream(history, settings, SYSTEM, min_interval_s=0)
+        return last.stats.first_token_s, sched.reused_tokens - before, last.text
+
+    _fast_run(backend, ids)  # warm up (and let the thread count settle)
+    cold, shared, turn = [], [], []
+    for i in range(REPEATS):
+        sched.forget_prefixes()
+        cold.append(ttft([{"role": "user", "content": PROMPT}]))
+        sched.forget_prefixes()
+        ttft([{"role": "user", "content": STORY.format(TOPICS[i])}])  # another visitor, same system prompt
+        shared.append(ttft([{"role": "user", "content": PROMPT}]))
+        first = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": shared[-1][2]}]
+        turn.append(ttft([*first, {"role": "user", "content": NEXT}]))
+    next_ids = build_prompt(
+        tok,
+        normalise_messages([*first, {"role": "user", "content": NEXT}], SYSTEM),
+        backend.context_length,
+        NEW,
+    ).input_ids
+
+    def row(runs: list[tuple[float, int, str]], prompt: int) -> dict:
+        return {"ttft_s": statistics.median(r[0] for r in runs), "prompt_tokens": prompt, "reused": runs[0][1]}
+
+    out = {
+        "cold": row(cold, len(ids)),
+        "system_prompt_cached": row(shared, len(ids)),
+        "next_turn": row(turn, len(next_ids)),
+        "threads": sched._threads,
+        "thread_switches": sched.tuner.switches if sched.tuner else 0,
+    }
+    backend.close()
+    return out
+
+
+def bench_ctranslate2(ids: list[int], threads: int) -> dict:
+    """CTranslate2 int8 on the same model (converted from the safetensors copy, offline): install and convert
+    times, time to first token and decode tok/s. Needs `pip install ctranslate2==4.8.0` (a binary wheel)."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return {"skipped": "ctranslate2 is not installed: pip install ctranslate2==4.8.0 (binary wheel, ~10 s)"}
+    from transformers import AutoTokenizer
+
+    from core.models import embedded_chat_path
+
+    out_dir = Path(tempfile.mkdtemp(prefix="ct2-"))
+    t = time.perf_counter()
+    ctranslate2.converters.TransformersConverter(str(embedded_chat_path())).convert(
+        str(out_dir), quantization="int8", force=True
+    )
+    convert_s = time.perf_counter() - t
+    gen = ctranslate2.Generator(str(out_dir), device="cpu", compute_type="int8", intra_threads=threads)
+    tokens = AutoTokenizer.from_pretrained(embedded_chat_path()).convert_ids_to_tokens(ids)
+    runs = []
+    for i in range(REPEATS + 1):
+        t = time.perf_counter()
+        first, n = None, 0
+        for _ in gen.generate_tokens(tokens, max_length=NEW, sampling_topk=1, end_token=[]):
+            n += 1
+            if first is None:
+                first = time.perf_counter() - t
+        if i:
+            runs.append((first, (n - 1) / (time.perf_counter() - t - first)))
+    return {**_median(runs), "convert_s": convert_s, "version": ctranslate2.__version__}
 
 
 def _make_adapters(n: int) -> None:
@@ -271,19 +360,27 @@ def bench_app(engine: str, concurrency: int) -> dict:
 
 
 def main() -> None:
+    global REPEATS
     p = argparse.ArgumentParser()
     p.add_argument("--skip-app", action="store_true")
+    p.add_argument("--short", action="store_true", help="one run per figure and no bf16 run (~half the time)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--transformers-app", action="store_true", help="also serve the app on transformers")
+    p.add_argument("--ctranslate2", action="store_true", help="also CTranslate2 int8 (pip install ctranslate2==4.8.0)")
     args = p.parse_args()
     from core.models import cpu_supports_bf16
 
+    if args.short:
+        REPEATS = 1
     ids = _ids()
     res: dict = {"prompt_tokens": len(ids), "threads": args.threads}
     res["llama_plain"] = bench_llama_plain(ids, args.threads)
     res.update(bench_fast(ids, args.threads))
+    res["ttft"] = bench_fast_ttft(ids)
+    if args.ctranslate2:
+        res["ctranslate2"] = bench_ctranslate2(ids, args.threads)
     res["transformers_fp32"] = bench_transformers(ids, "float32")
-    if cpu_supports_bf16():
+    if cpu_supports_bf16() and not args.short:
         res["transformers_bf16"] = bench_transformers(ids, "bfloat16")
     if not args.skip_app:
         res["app"] = bench_app("auto", 8)
@@ -291,14 +388,22 @@ def main() -> None:
             res["app_transformers"] = bench_app("transformers", 1)
     base = res["llama_plain"]["decode_tok_s"]
     print("\n| path | TTFT ms | decode tok/s | vs llama.cpp plain |\n|---|---|---|---|")
-    for key in ("transformers_fp32", "transformers_bf16", "llama_plain", "fast", "fast_lora"):
-        if key in res:
+    for key in ("transformers_fp32", "transformers_bf16", "llama_plain", "fast", "fast_lora", "ctranslate2"):
+        if key in res and "skipped" not in res[key]:
             r = res[key]
             print(f"| {key} | {r['ttft_s'] * 1000:.0f} | {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / base:.2f}x |")
     print(
         f"\nLoRA vs base: {res['fast_lora']['decode_tok_s'] / res['fast']['decode_tok_s']:.2f}x; switch first use "
         f"{res['switch_first_s'] * 1000:.0f} ms, cached {res['switch_cached_s'] * 1000:.1f} ms"
     )
+    if "ctranslate2" in res:
+        ct2 = res["ctranslate2"]
+        print(ct2.get("skipped") or f"CTranslate2 {ct2['version']}: int8 conversion {ct2['convert_s']:.1f} s")
+    tt = res["ttft"]
+    print(f"fast engine TTFT (threads measured: {tt['threads']}, {tt['thread_switches']} switches):")
+    for key in ("cold", "system_prompt_cached", "next_turn"):
+        r = tt[key]
+        print(f"  {key}: {r['ttft_s'] * 1000:.0f} ms ({r['prompt_tokens']}-token prompt, {r['reused']} reused)")
     if "app" in res:
         app = res["app"]
         single, conc = app["single"], app["concurrent"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,46 @@ def test_adapters_without_a_gguf_lora_form_are_named_with_the_reason(
     smaller = lora_gguf.BaseInfo("llama", 1, 2, 2, {k: v for k, v in info.tensors.items() if k.startswith("blk.0.")})
     with pytest.raises(adapters.AdapterError, match="another base model"):
         lora_gguf.convert(_tiny_adapter(base, "plain2", 1), Path("unused.gguf"), smaller)
+
+
+def _feed(tuner, per_token: dict[int, float], steps: int) -> list[int]:
+    """Run ``steps`` decode-only steps of 4 tokens where ``per_token[threads]`` seconds each token takes."""
+    used = []
+    for _ in range(steps):
+        n = tuner.threads()
+        used.append(n)
+        tuner.record(per_token[n] * 4, 4, decode_only=True)
+    return used
+
+
+def test_thread_tuner_keeps_all_cores_on_a_quiet_machine_and_drops_to_one_when_they_are_contended() -> None:
+    from core.backends.threads import ThreadTuner, candidates
+
+    assert candidates(2) == (2, 1) and candidates(8) == (8, 4, 1) and candidates(1) == (1,)
+    tuner = ThreadTuner(candidates(2))
+    quiet = {2: 0.010, 1: 0.019}  # two threads ~1.9x faster, as measured on a quiet 2-core machine
+    used = _feed(tuner, quiet, 200)
+    assert tuner.current == 2 and tuner.switches == 0
+    # the losing probes are short and back off: nearly every step ran on the faster count
+    assert used.count(1) <= 20, used.count(1)
+    busy = {2: 0.300, 1: 0.050}  # a descheduled thread stalls every barrier: two threads 6x slower than one
+    used = _feed(tuner, busy, 60)
+    assert tuner.current == 1 and tuner.switches == 1
+    # found within a few windows, not after the backed-off probe interval; a later probe of two threads stops
+    # after its first slow step
+    assert used[:30].count(1) >= 20 and used[-30:].count(1) >= 29
+    used = _feed(tuner, quiet, 400)  # the load goes away: a later probe finds two threads faster again
+    assert tuner.current == 2 and used[-50:].count(2) >= 45
+
+
+def test_thread_tuner_ignores_prefill_steps_and_noise_within_its_margin() -> None:
+    from core.backends.threads import ThreadTuner
+
+    tuner = ThreadTuner((2, 1))
+    for _ in range(100):
+        tuner.record(5.0, 400, decode_only=False)  # prompt chunks: another shape, never compared
+    assert tuner.threads() == 2 and tuner._recent == deque()
+    _feed(tuner, {2: 0.010, 1: 0.0095}, 300)  # 5% apart: within the margin, no flip-flopping
+    assert tuner.current == 2 and tuner.switches == 0
+    with pytest.raises(ValueError, match=">= 1"):
+        ThreadTuner((0,))
