@@ -86,3 +86,12 @@ def test_app_parses_flags_without_loading_torch() -> None:
     code = "import sys, app; print(sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_test_file_names_are_unique_across_folders() -> None:
+    """The test folders are not packages, so pytest imports each test file by its bare name: two files of one name
+    (tests/unit/x.py and tests/integration/x.py) stop the whole run at collection (it happened once)."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path.relative_to(ROOT)} and {seen[path.name].relative_to(ROOT)}"
+        seen[path.name] = path
