@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from core import store
 from core.chat import ReplyStats, StreamPiece
 from core.library import Library
 
@@ -31,6 +32,9 @@ class SlowEngine:
 
     def chat_label(self) -> str:
         return "fake · float32 · cpu"
+
+    def storage_lost_on_restart(self) -> str | None:
+        return store.storage_lost_on_restart(store.home())
 
     def chat_adapters(self) -> list:
         return self.library.list("sft")
