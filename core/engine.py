@@ -93,6 +93,11 @@ class Engine:
         self.compute_lock = threading.Lock()
         self._model_thread = ComputeLockExecutor(self.compute_lock, MODEL_THREAD)
 
+    @property
+    def model_thread_waiting(self) -> int:
+        """Jobs queued for the model thread that have not started (the fast engine's bursts yield to them)."""
+        return self._model_thread.waiting
+
     def on_model_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the model thread and return its result (directly when already on it)."""
         if threading.current_thread().name.startswith(MODEL_THREAD):

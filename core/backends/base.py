@@ -76,21 +76,36 @@ class ChatBackend(ABC):
 class ComputeLockExecutor(ThreadPoolExecutor):
     """The engine's one model thread, whose every job holds ``lock`` while it runs.
 
-    A fast engine with its own compute threads takes the same lock for each decode step, so torch and llama.cpp
-    never compute at the same time on the same cores (two thread pools on 2 cores throttle each other), while
-    the fast engine's steps still run on its own thread: handing every step to the model thread and back cost
-    more than the step itself whenever the machine was busy (a thread switch waits for a time slice).
+    All torch work runs here, and so do the fast engine's decode steps (in bursts, see core.backends.batching):
+    two thread pools computing at once on 2 cores throttle each other, and torch and llama.cpp share one OpenMP
+    runtime, which slows both when each drives it from its own thread.
     """
 
     def __init__(self, lock: threading.Lock, thread_name_prefix: str) -> None:
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
         self.lock = lock
+        self._count = threading.Lock()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Jobs submitted that have not started yet (a burst of decode steps yields to them)."""
+        return self._waiting
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on the model thread holding the compute lock."""
 
         def locked() -> Any:
+            with self._count:
+                self._waiting -= 1
             with self.lock:
                 return fn(*args, **kwargs)
 
-        return super().submit(locked)
+        with self._count:
+            self._waiting += 1
+        try:
+            return super().submit(locked)
+        except BaseException:
+            with self._count:
+                self._waiting -= 1
+            raise

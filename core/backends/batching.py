@@ -12,6 +12,15 @@ or a copy of the shared prefix (cells are shared, not duplicated, in the unified
 The time to the first token then depends on the new tokens, not the whole prompt.
 
 Stop: the consumer sets its request's ``cancel``; the scheduler drops the sequence at the start of the next step.
+
+Steps run in bursts on the thread ``exclusive`` gives (in the app, the engine's model thread, where all torch work
+runs). That is a matter of speed, not tidiness: torch's wheel ships its own ``libgomp.so.1``, and llama.cpp's ggml,
+built with OpenMP, then shares it. GNU OpenMP keeps one pool of worker threads per calling thread; once torch and
+ggml each had a pool (torch on the model thread, ggml on another), libgomp counted more threads than CPUs and cut
+every worker's spin-wait to ~1000 spins, so ggml's hundreds of barriers per token went through the kernel:
+2 threads decoded 26 tok/s instead of 78 on 2 cores. On one thread they share one pool. A burst runs steps back to
+back until nothing runs, another job waits for the thread, or ``BURST_S`` passed, so the hand-off costs one
+thread switch per burst, not per token.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 256
 """Most prompt tokens one request feeds per step, so a long new prompt delays the running replies by ~one chunk."""
+BURST_S = 0.25
+"""Longest run of back-to-back steps before the thread is handed back (a torch job waits at most about this)."""
 
 
 @dataclass
@@ -125,13 +136,15 @@ class BatchScheduler:
         exclusive: Callable[..., Any] | None = None,
         tuner: ThreadTuner | None = None,
         cache_cells: int = 2048,
+        others_waiting: Callable[[], bool] | None = None,
     ) -> None:
         """Args:
         ctx, vocab: the llama.cpp context (created with ``n_seq_max=slots``, unified KV) and the model's vocabulary.
         n_batch: the context's n_batch (most tokens per llama_decode call).
         native_lock: held around every call into the context (adapter loads share it).
-        exclusive: runs one step (e.g. on the engine's model thread, so llama.cpp and torch never compute at
-            once on the same cores); None runs it on the scheduler thread.
+        exclusive: runs a burst of steps (on the engine's model thread, so llama.cpp and torch never compute at
+            once and share one OpenMP pool, see the module's docstring); None runs them on the scheduler thread.
+        others_waiting: whether other work waits for the ``exclusive`` thread (a burst then ends after its step).
         tuner: picks the thread count per step from measured step times; None keeps the context's count.
         cache_cells: most KV cells idle slots keep as reusable prefixes. Every step's attention spans the pool up
             to its highest used cell, so idle caches are not free: a few thousand cells slowed decoding.
@@ -141,6 +154,7 @@ class BatchScheduler:
         self._mem = lc.llama_get_memory(ctx)
         self._native = native_lock
         self._exclusive = exclusive
+        self._others_waiting = others_waiting
         self.tuner = tuner
         self._threads = tuner.threads() if tuner else 0
         self.cache_cells = cache_cells
@@ -221,9 +235,9 @@ class BatchScheduler:
                     break
             try:
                 if self._exclusive is None:
-                    self._step()
+                    self._burst()
                 else:
-                    self._exclusive(self._step)
+                    self._exclusive(self._burst)
             except Exception as exc:  # report to every running request; the loop must live on
                 log.exception("llama.cpp step failed")
                 for seq in list(self._active):
@@ -326,6 +340,19 @@ class BatchScheduler:
             while idle and sum(len(self._kv[s]) for s in idle) > self.cache_cells:
                 self._drop(idle.pop(0))
         seq.req.out.put(event)
+
+    def _burst(self) -> None:
+        """Steps back to back (admitting new requests between them) until no sequence runs, another job waits for
+        this thread, or BURST_S passed."""
+        end = time.perf_counter() + BURST_S
+        while True:
+            self._step()
+            with self._cond:
+                self._admit()
+                if not self._active or self._closed:
+                    return
+            if time.perf_counter() >= end or (self._others_waiting is not None and self._others_waiting()):
+                return
 
     def _step(self) -> None:
         """Decode one batch for one adapter group and hand each sequence its next token."""

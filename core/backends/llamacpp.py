@@ -44,8 +44,8 @@ class LlamaCppOptions:
 
     threads: int | None = None
     """Compute threads; None = measured while serving (core.backends.threads): all the CPUs this process may use
-    on a quiet machine, fewer when other work contends for them. Each step holds the engine's compute lock, which
-    every torch job on the model thread holds too: the two never compute at once, so each may use every core."""
+    on a quiet machine, fewer when other work contends for them. Steps run on the engine's model thread, as every
+    torch job does: the two never compute at once, so each may use every core."""
     slots: int = DEFAULT_SLOTS
     """Requests decoded together (sequence slots)."""
     kv_cells: int = 8192
@@ -60,11 +60,6 @@ class LlamaCppOptions:
             raise ModelError(f"llama.cpp options out of range: {self}")
         if self.slots < 1 or self.kv_cells < 256 or self.n_batch < 32:
             raise ModelError(f"llama.cpp options out of range: {self}")
-
-
-def _holding(lock: threading.Lock, fn: Callable[[], Any]) -> Any:
-    with lock:
-        return fn()
 
 
 def plain_llama(path: Path, **kwargs: Any) -> Any:
@@ -122,12 +117,14 @@ class LlamaCppBackend(ChatBackend):
         exclusive: Callable[..., Any] | None = None,
         display_name: str | None = None,
         home: Path | None = None,
+        others_waiting: Callable[[], bool] | None = None,
     ) -> None:
         """Args:
         gguf: the model file. tokenizer: its Hugging Face tokenizer (builds the prompts).
         base_model: the app's model spec; adapters trained on another base are refused.
-        exclusive: runs each decode step (holding the engine's compute lock: llama.cpp never computes alongside
-            torch work on the model thread).
+        exclusive: runs each burst of decode steps (on the engine's model thread: llama.cpp never computes
+            alongside torch work, and both use one OpenMP pool; see core.backends.batching).
+        others_waiting: whether jobs wait for that thread (a burst then hands it back after its current step).
         """
         import llama_cpp as lc
 
@@ -173,7 +170,16 @@ class LlamaCppBackend(ChatBackend):
         self._loras: dict[str, tuple[Path, Any]] = {}
         self._base_info: lora_gguf.BaseInfo | None = None
         self._sched = BatchScheduler(
-            self._ctx, vocab, opts.slots, opts.kv_cells, opts.n_batch, self._native, exclusive, tuner, opts.cache_cells
+            self._ctx,
+            vocab,
+            opts.slots,
+            opts.kv_cells,
+            opts.n_batch,
+            self._native,
+            exclusive,
+            tuner,
+            opts.cache_cells,
+            others_waiting,
         )
         self.load_seconds = time.perf_counter() - start
 
@@ -188,9 +194,10 @@ class LlamaCppBackend(ChatBackend):
             _hf_tokenizer(gguf, config.model),
             config.model,
             LlamaCppOptions(slots=slots),
-            exclusive=lambda step: _holding(engine.compute_lock, step),
+            exclusive=engine.on_model_thread,
             display_name=name,
             home=engine.home,
+            others_waiting=lambda: engine.model_thread_waiting > 0,
         )
 
     # --- ChatBackend ---------------------------------------------------------------------------------------------

@@ -123,24 +123,47 @@ def _fast_run(backend, ids: list[int], lora=None) -> tuple[float, float]:
     return first, (NEW - 1) / (time.perf_counter() - t - first)
 
 
-def _locked(lock: threading.Lock, fn):
-    with lock:
-        return fn()
+_MODEL_THREAD = None
 
 
-def bench_fast(ids: list[int], threads: int) -> dict:
+def _model_thread():
+    """One thread for all torch work and the fast engine's steps, as the app's engine has (see ComputeLockExecutor:
+    torch and llama.cpp share one OpenMP runtime, which is slow when each drives it from its own thread)."""
+    global _MODEL_THREAD
+    if _MODEL_THREAD is None:
+        from core.backends.base import ComputeLockExecutor
+
+        _MODEL_THREAD = ComputeLockExecutor(threading.Lock(), "demoforge-model")
+    return _MODEL_THREAD
+
+
+def _on_model_thread(fn, *args):
+    return _model_thread().submit(fn, *args).result()
+
+
+def _fast_backend(options):
+    """The fast engine wired as the app wires it: bursts of steps on the model thread."""
     from transformers import AutoTokenizer
 
-    from core.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+    from core.backends.llamacpp import LlamaCppBackend
     from core.models import embedded_chat_path, embedded_gguf_file
 
     tok = AutoTokenizer.from_pretrained(embedded_chat_path())
-    out = {}
-    # Each step holding a lock, as in the app (the engine's compute lock, shared with torch jobs).
-    lock = threading.Lock()
-    backend = LlamaCppBackend(
-        embedded_gguf_file(), tok, "default", LlamaCppOptions(threads=threads), lambda step: _locked(lock, step)
+    return LlamaCppBackend(
+        embedded_gguf_file(),
+        tok,
+        "default",
+        options,
+        exclusive=_on_model_thread,
+        others_waiting=lambda: _model_thread().waiting > 0,
     )
+
+
+def bench_fast(ids: list[int], threads: int) -> dict:
+    from core.backends.llamacpp import LlamaCppOptions
+
+    out = {}
+    backend = _fast_backend(LlamaCppOptions(threads=threads))
     _fast_run(backend, ids)
     out["fast"] = _median([_fast_run(backend, ids) for _ in range(REPEATS)])
     _make_adapters(1)
@@ -159,15 +182,12 @@ def bench_fast(ids: list[int], threads: int) -> dict:
 def bench_fast_ttft(ids: list[int]) -> dict:
     """Time to the first token of the fast engine (threads measured while serving, as in the app) when the prompt
     is new to it, when only the system prompt is cached (a new visitor), and on a conversation's next turn."""
-    from transformers import AutoTokenizer
-
-    from core.backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+    from core.backends.llamacpp import LlamaCppOptions
     from core.chat import build_prompt, normalise_messages
     from core.config import GenerationSettings
-    from core.models import embedded_chat_path, embedded_gguf_file
 
-    tok = AutoTokenizer.from_pretrained(embedded_chat_path())
-    backend = LlamaCppBackend(embedded_gguf_file(), tok, "default", LlamaCppOptions())
+    backend = _fast_backend(LlamaCppOptions())
+    tok = backend.tokenizer
     sched = backend._sched
     settings = GenerationSettings(temperature=0.0, max_new_tokens=NEW, repetition_penalty=1.0)
 
@@ -374,14 +394,14 @@ def main() -> None:
         REPEATS = 1
     ids = _ids()
     res: dict = {"prompt_tokens": len(ids), "threads": args.threads}
-    res["llama_plain"] = bench_llama_plain(ids, args.threads)
+    res["llama_plain"] = _on_model_thread(bench_llama_plain, ids, args.threads)
     res.update(bench_fast(ids, args.threads))
     res["ttft"] = bench_fast_ttft(ids)
     if args.ctranslate2:
         res["ctranslate2"] = bench_ctranslate2(ids, args.threads)
-    res["transformers_fp32"] = bench_transformers(ids, "float32")
+    res["transformers_fp32"] = _on_model_thread(bench_transformers, ids, "float32")
     if cpu_supports_bf16() and not args.short:
-        res["transformers_bf16"] = bench_transformers(ids, "bfloat16")
+        res["transformers_bf16"] = _on_model_thread(bench_transformers, ids, "bfloat16")
     if not args.skip_app:
         res["app"] = bench_app("auto", 8)
         if args.transformers_app:

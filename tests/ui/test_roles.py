@@ -20,6 +20,7 @@ from core.auth import LoginThrottle
 from core.config import AppConfig, DemoProfile
 from core.engine import Engine
 from demo.server import build_server, running
+from tests.fakes import FakeOpenAIServer
 from tests.helpers import free_port, isolated_home
 
 pytestmark = pytest.mark.ui
@@ -107,11 +108,10 @@ def test_audience_app_holds_only_audience_handlers(roles: dict) -> None:
     assert modules <= AUDIENCE_MODULES, modules
 
 
-def test_every_builder_endpoint_is_unreachable_from_an_audience_session(roles: dict) -> None:
-    url, served = roles["url"], roles["served"]
+def assert_builder_only(url: str, served, musts: tuple[str, ...]) -> None:
+    """Every builder endpoint (``musts`` among them) is refused to an audience session, by name and by position,
+    through gradio_client and raw HTTP, and the builder app needs the builder's own sign-in."""
     builder_only = {n: i for n, i in builder_endpoints(served).items() if n not in AUDIENCE_ENDPOINTS}
-    musts = ("delete_adapter", "push_adapter", "start_training", "rename_adapter", "merge_adapter")
-    musts += ("publish_space", "download_run_card", "run_card")  # the Adapters tab's publish and run card
     for must in musts:
         assert any(must in n for n in builder_only), (must, sorted(builder_only))
     client = Client(url, auth=AUDIENCE, verbose=False)
@@ -137,6 +137,43 @@ def test_every_builder_endpoint_is_unreachable_from_an_audience_session(roles: d
     assert http.get("/builder/config").status_code == 401
     for name in builder_only:
         assert http.post(f"/builder/gradio_api/call/{name}", json={"data": []}).status_code == 401, name
+
+
+def test_every_builder_endpoint_is_unreachable_from_an_audience_session(roles: dict) -> None:
+    musts = ("delete_adapter", "push_adapter", "start_training", "rename_adapter", "merge_adapter")
+    musts += ("publish_space", "download_run_card", "run_card")  # the Adapters tab's publish and run card
+    assert_builder_only(roles["url"], roles["served"], musts)
+
+
+def test_the_served_model_picker_of_a_remote_backend_is_builder_only(tmp_path: Path) -> None:
+    """With --backend openai the builder's Chat tab lists and switches the server's models; an audience may not."""
+    server = FakeOpenAIServer()
+    server.models.append({"id": "tuned-model", "object": "model"})
+    try:
+        with isolated_home(tmp_path):
+            config = AppConfig(
+                backend="openai",
+                base_url=server.url,
+                auth=AUDIENCE,
+                builder_auth=BUILDER,
+                mode="audience",
+                profile=DemoProfile(title="Remote roles demo"),
+            )
+            engine = Engine(config)
+            served = build_server(
+                engine, config, VoteStore(tmp_path / "arena.sqlite"), LoginThrottle(base_delay_s=0.0, max_failures=100)
+            )
+            with running(served, "127.0.0.1", free_port()) as url:
+                assert_builder_only(url, served, ("served_models", "served_model"))
+                builder = Client(f"{url}/builder/", auth=BUILDER, verbose=False)
+                assert "tuned-model" in json.dumps(builder.predict(api_name="/served_models"))
+                assert "tuned-model" in builder.predict("tuned-model", api_name="/served_model")
+                audience = Client(url, auth=AUDIENCE, verbose=False)
+                assert audience.predict("Hi", None, api_name="/chat")  # still chats, on the model it was given
+                asked = [r["model"] for r in server.requests if r["path"] == "/v1/chat/completions"]
+                assert asked == ["tuned-model"], asked
+    finally:
+        server.close()
 
 
 def test_builder_signs_in_at_builder_and_reaches_builder_endpoints(roles: dict) -> None:
