@@ -38,6 +38,10 @@ DEFAULT_SLOTS = 8
 reads faster than ~7 tok/s. More slots only lengthen each step; requests beyond them wait in the scheduler."""
 
 
+BUSY_INTERVAL_S = 0.2
+"""Longest wait between a visitor's stream updates when many chats run (see LlamaCppBackend.stream)."""
+
+
 @dataclass
 class LlamaCppOptions:
     """How the llama.cpp context is sized."""
@@ -235,7 +239,10 @@ class LlamaCppBackend(ChatBackend):
         stop: threading.Event | None = None,
         min_interval_s: float = 0.05,
     ) -> Iterator[StreamPiece]:
-        """See :meth:`ChatBackend.stream`. ``min_interval_s`` coalesces pieces (~20 UI updates a second)."""
+        """See :meth:`ChatBackend.stream`. ``min_interval_s`` coalesces pieces (~20 UI updates a second with one
+        chat running). With several running, each visitor's updates come less often (up to ``BUSY_INTERVAL_S``
+        apart): every update is server work (a diff, an SSE message) on the cores that decode, and the tokens
+        arrive in the same steps either way."""
         msgs = normalise_messages(messages, system_prompt)
         with self._prompt_lock:
             plan = build_prompt(self.tokenizer, msgs, self.context_length, settings.max_new_tokens)
@@ -246,6 +253,7 @@ class LlamaCppBackend(ChatBackend):
         stats = ReplyStats(prompt_tokens=len(plan.input_ids), notice=plan.notice)
         self._sched.submit(req)
         text, last, finished = "", 0.0, False
+        interval, checked = min_interval_s, 0.0
         try:
             if plan.notice:
                 yield StreamPiece(text="", notice=plan.notice)
@@ -261,11 +269,15 @@ class LlamaCppBackend(ChatBackend):
                     continue
                 if kind == "text":
                     stats.new_tokens += 1
+                    if min_interval_s and stats.new_tokens - checked >= 16:  # the load, now and then
+                        checked = stats.new_tokens
+                        running = self._sched.load[0]
+                        interval = min(BUSY_INTERVAL_S, max(min_interval_s, min_interval_s * running / 2))
                     if stats.first_token_s is None:
                         stats.first_token_s = time.perf_counter() - start
                     text += value
                     now = time.perf_counter()
-                    if value and now - last >= min_interval_s:
+                    if value and now - last >= interval:
                         last = now
                         yield StreamPiece(text=text, notice=plan.notice)
                 elif kind == "done":
