@@ -71,7 +71,7 @@ class TrainSettings:
     grad_accum: int = 1
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = LoraSettings().dropout
     eval_fraction: float = 0.1
     scheduler: Literal["cosine", "linear"] = "cosine"
     seed: int = 42

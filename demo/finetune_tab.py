@@ -12,7 +12,7 @@ from functools import partial
 import gradio as gr
 
 from core import zerogpu
-from core.config import TASK_DEFAULTS
+from core.config import TASK_DEFAULTS, LoraSettings
 from core.engine import Engine
 from demo import finetune_run as run
 from demo import render
@@ -125,7 +125,7 @@ def _build_form() -> tuple[TrainForm, gr.Dropdown, gr.File]:
             grad_accum=gr.Slider(1, 32, value=1, step=1, label="Gradient accumulation"),
             lora_r=gr.Slider(1, 128, value=16, step=1, label="LoRA rank r"),
             lora_alpha=gr.Slider(1, 256, value=32, step=1, label="LoRA alpha"),
-            lora_dropout=gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="LoRA dropout"),
+            lora_dropout=gr.Slider(0.0, 0.5, value=LoraSettings().dropout, step=0.01, label="LoRA dropout"),
             eval_fraction=gr.Slider(0.0, 0.45, value=0.1, step=0.05, label="Eval fraction"),
             scheduler=gr.Radio(["cosine", "linear"], value="cosine", label="Schedule"),
             seed=gr.Number(value=42, precision=0, label="Seed"),

@@ -70,6 +70,7 @@ def run_trainer(steps: int, batch: int, home: str) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
+    from core.config import LoraSettings
     from core.data import load_data
     from core.models import embedded_chat_path
 
@@ -82,7 +83,14 @@ def run_trainer(steps: int, batch: int, home: str) -> dict:
     ]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model = get_peft_model(
-        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=LoraSettings().dropout,  # the same LoRA as ours, dropout included
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
     )
     counts = {"real": 0, "padded": 0}
     collate = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)

@@ -357,11 +357,13 @@ def test_two_runs_in_one_process_with_different_precisions(
     tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
 ) -> None:
     """accelerate's process-wide state must not pin the first run's precision on the second."""
-    from core.models import cpu_supports_bf16
+    from core.models import bf16_training_is_faster, cpu_supports_bf16
     from core.train import runner as train
 
     data = write_sft(tmp_path / "d.jsonl")
     other = ("bf16", "bf16") if cpu_supports_bf16() else ("auto", "no")  # bf16 needs native CPU kernels
+    if not cpu_supports_bf16():
+        assert not bf16_training_is_faster()  # no native kernels: auto never picks emulated bf16
     for i, (precision, expected) in enumerate((("fp32", "no"), other, ("fp32", "no"))):
         run_dir = tmp_path / f"run-{i}-{precision}"
         cfg = sft_cfg(tiny_models, data, max_steps=2, precision=precision, adapter_name=f"prec-{i}")
