@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +118,20 @@ def embedded_chat_path() -> Path:
     return target
 
 
+def _bf16_wins(work: Callable[[bool], object], rounds: int) -> bool:
+    """True if ``work(True)`` (the bf16 variant) runs at least 10% faster than ``work(False)`` (fp32).
+
+    Interleaved rounds, best of each: robust to another process grabbing the cores mid-measurement.
+    """
+    timings = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for bf16 in timings:
+            start = time.perf_counter()
+            work(bf16)
+            timings[bf16] = min(timings[bf16], time.perf_counter() - start)
+    return timings[True] < 0.9 * timings[False]
+
+
 @functools.cache
 def bf16_decode_is_faster() -> bool:
     """Time a decode-shaped product, (1, 576) @ (576, 1536), in fp32 and bf16 on this CPU; True if bf16 wins by 10%.
@@ -126,18 +141,15 @@ def bf16_decode_is_faster() -> bool:
     """
     if not cpu_supports_bf16():
         return False
-    # Interleaved rounds, best of each: robust to another process grabbing the cores mid-measurement.
-    data = {
-        dt: (torch.randn(1, 576, dtype=dt), torch.randn(576, 1536, dtype=dt)) for dt in (torch.float32, torch.bfloat16)
-    }
-    timings = {dt: float("inf") for dt in data}
-    for _ in range(7):
-        for dtype, (x, w) in data.items():
-            start = time.perf_counter()
-            for _ in range(60):
-                x @ w
-            timings[dtype] = min(timings[dtype], time.perf_counter() - start)
-    return timings[torch.bfloat16] < 0.9 * timings[torch.float32]
+    data = {bf16: (torch.randn(1, 576), torch.randn(576, 1536)) for bf16 in (False, True)}
+    data[True] = tuple(t.bfloat16() for t in data[True])
+
+    def products(bf16: bool) -> None:
+        x, w = data[bf16]
+        for _ in range(60):
+            x @ w
+
+    return _bf16_wins(products, rounds=7)
 
 
 @functools.cache
@@ -153,16 +165,14 @@ def bf16_training_is_faster() -> bool:
         return False
     x = torch.randn(512, 576, requires_grad=True)
     w = torch.randn(1536, 576) / 24
-    timings = {"fp32": float("inf"), "bf16": float("inf")}
-    for _ in range(5):  # interleaved rounds, best of each: robust to another process grabbing the cores
-        for name in timings:
-            start = time.perf_counter()
-            for _ in range(4):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                    y = torch.nn.functional.linear(x, w)
-                y.float().sum().backward()
-            timings[name] = min(timings[name], time.perf_counter() - start)
-    return timings["bf16"] < 0.9 * timings["fp32"]
+
+    def steps(bf16: bool) -> None:
+        for _ in range(4):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = torch.nn.functional.linear(x, w)
+            y.float().sum().backward()
+
+    return _bf16_wins(steps, rounds=5)
 
 
 def cpu_supports_bf16() -> bool:

@@ -253,7 +253,7 @@ class LlamaCppBackend(ChatBackend):
         stats = ReplyStats(prompt_tokens=len(plan.input_ids), notice=plan.notice)
         self._sched.submit(req)
         text, last, finished = "", 0.0, False
-        interval, checked = min_interval_s, 0.0
+        interval, checked = min_interval_s, 0
         try:
             if plan.notice:
                 yield StreamPiece(text="", notice=plan.notice)

@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -123,22 +122,23 @@ def _fast_run(backend, ids: list[int], lora=None) -> tuple[float, float]:
     return first, (NEW - 1) / (time.perf_counter() - t - first)
 
 
-_MODEL_THREAD = None
+_ENGINE = None
 
 
-def _model_thread():
-    """One thread for all torch work and the fast engine's steps, as the app's engine has (see ComputeLockExecutor:
-    torch and llama.cpp share one OpenMP runtime, which is slow when each drives it from its own thread)."""
-    global _MODEL_THREAD
-    if _MODEL_THREAD is None:
-        from core.backends.base import ComputeLockExecutor
+def _engine():
+    """An engine used only for its model thread, where the app runs all torch work and the fast engine's steps
+    (torch and llama.cpp share one OpenMP runtime, which is slow when each drives it from its own thread)."""
+    global _ENGINE
+    if _ENGINE is None:
+        from core.config import AppConfig
+        from core.engine import Engine
 
-        _MODEL_THREAD = ComputeLockExecutor(threading.Lock(), "demoforge-model")
-    return _MODEL_THREAD
+        _ENGINE = Engine(AppConfig(model="default"))
+    return _ENGINE
 
 
 def _on_model_thread(fn, *args):
-    return _model_thread().submit(fn, *args).result()
+    return _engine().on_model_thread(fn, *args)
 
 
 def _fast_backend(options):
@@ -155,7 +155,7 @@ def _fast_backend(options):
         "default",
         options,
         exclusive=_on_model_thread,
-        others_waiting=lambda: _model_thread().waiting > 0,
+        others_waiting=lambda: _engine().model_thread_waiting > 0,
     )
 
 
