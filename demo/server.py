@@ -107,10 +107,12 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks]) -> None:
             return await call_next(request)
         path = request.url.path
         unknown: str | None = None
-        if match := _API_CALL.match(path):
-            if match.group("name") not in names.get(match.group("prefix") or "", set()):
-                unknown = match.group("name")
-        elif match := _QUEUE_JOIN.match(path):
+        api_call = _API_CALL.match(path)
+        if api_call and api_call.group("name") != "predict":
+            if api_call.group("name") not in names.get(api_call.group("prefix") or "", set()):
+                unknown = api_call.group("name")
+        # /run/predict is how the page runs its unqueued events (Stop, Undo, unlocking Send): by fn_index, as a join.
+        elif match := (api_call or _QUEUE_JOIN.match(path)):
             try:
                 index = json.loads(await request.body() or b"{}").get("fn_index")
             except (ValueError, AttributeError):

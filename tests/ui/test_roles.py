@@ -129,8 +129,12 @@ def assert_builder_only(url: str, served, musts: tuple[str, ...]) -> None:
         join = http.post(
             "/gradio_api/queue/join", json={"data": [], "fn_index": index, "session_hash": "x1", "event_data": None}
         )
+        predict = http.post(  # the route of unqueued events, also by position
+            "/gradio_api/run/predict", json={"data": [], "fn_index": index, "session_hash": "x1", "event_data": None}
+        )
         if index >= n_audience:
             assert join.status_code == 404 and "sign in as builder" in join.text, (name, join.text)
+            assert predict.status_code == 404 and "sign in as builder" in predict.text, (name, predict.text)
     # The builder app itself needs the builder's credentials: the audience password does not open it.
     bad = httpx.post(f"{url}/builder/login", data={"username": AUDIENCE[0], "password": AUDIENCE[1]})
     assert bad.status_code == 400
@@ -312,3 +316,16 @@ def test_the_audience_sees_the_landing_adapters_run_card_as_about_this_model(
         with running(served, "127.0.0.1", free_port()) as url:
             page = json.dumps(httpx.get(f"{url}/config").json())
         assert "About this model" in page and "held-out: w1 -&gt; r1" in page  # in an iframe's srcdoc, escaped
+
+
+def test_the_pages_unqueued_events_pass_the_endpoint_guard(roles: dict) -> None:
+    """Stop, Undo and unlocking Send after a reply run through /run/predict by fn_index; the guard refused them as an
+    unknown action 'predict', and Send stayed disabled after the first reply of every chat."""
+    builder = roles["served"].builder
+    index = next(i for i, fn in builder.fns.items() if getattr(fn.fn, "__name__", "") == "unlock")
+    http = signed_in(roles["url"], BUILDER, "/builder")
+    body = {"data": [], "fn_index": index, "session_hash": "x3", "event_data": None, "trigger_id": None}
+    r = http.post("/builder/gradio_api/run/predict", json=body)
+    assert r.status_code == 200, r.text
+    unknown = http.post("/builder/gradio_api/run/predict", json={**body, "fn_index": 10_000})
+    assert unknown.status_code == 404 and "sign in as builder" in unknown.text
