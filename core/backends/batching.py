@@ -395,13 +395,17 @@ class BatchScheduler:
                         self.ctx, (lc.llama_adapter_lora_p_ctypes * 1)(lora), 1, (ctypes.c_float * 1)(1.0)
                     )
                 self._lora = lora
-            if self.tuner is not None and self.tuner.threads() != self._threads:
-                self._threads = self.tuner.threads()
-                lc.llama_set_n_threads(self.ctx, self._threads, self._threads)
+            decode_only = n == len(wants)
+            if self.tuner is not None:
+                # a probe runs on decode steps only; a prompt chunk runs on the settled count (see ThreadTuner)
+                threads = self.tuner.threads() if decode_only else self.tuner.current
+                if threads != self._threads:
+                    self._threads = threads
+                    lc.llama_set_n_threads(self.ctx, threads, threads)
             start = time.perf_counter()
             rc = lc.llama_decode(self.ctx, batch)
             if self.tuner is not None and rc == 0:
-                self.tuner.record(time.perf_counter() - start, n, decode_only=n == len(wants))
+                self.tuner.record(time.perf_counter() - start, n, decode_only=decode_only)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
             self.steps += 1

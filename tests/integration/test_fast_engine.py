@@ -396,3 +396,32 @@ def test_decode_steps_run_on_the_model_thread_where_torch_runs(monkeypatch) -> N
     assert list(engine.chat_stream(ask, GREEDY, SYSTEM))[-1].text.strip()
     assert threads and all(name.startswith(MODEL_THREAD) for name in threads), threads
     assert torch_threads and all(name.startswith(MODEL_THREAD) for name in torch_threads), torch_threads
+
+
+def test_a_prompt_never_prefills_on_a_thread_probe_and_decode_steps_do(fast, monkeypatch) -> None:
+    """The thread tuner probes another count on decode steps; a visitor's prompt must run on the settled count
+    (one thread prefilled a 65-token prompt in ~370 ms instead of ~195 ms on 2 cores)."""
+    import core.backends.batching as batching
+
+    sched = fast._sched
+    if sched.tuner is None or len(sched.tuner.choices) < 2:
+        pytest.skip("one usable CPU: no thread counts to choose from")
+    steps: list[tuple[int, int]] = []  # (threads in effect, tokens in the batch)
+    real = batching.lc.llama_decode
+
+    def recording(ctx, batch):
+        steps.append((sched._threads, batch.n_tokens))
+        return real(ctx, batch)
+
+    monkeypatch.setattr(batching.lc, "llama_decode", recording)
+    tuner = sched.tuner
+    settled, probe = tuner.current, min(tuner.choices)
+    assert settled != probe
+    monkeypatch.setattr(tuner, "_probing", probe)  # a probe is running when the visitor arrives
+    monkeypatch.setattr(tuner, "_probe", [])
+    fast._sched.forget_prefixes()
+    assert _reply(fast, "Name a colour.", GenerationSettings(temperature=0.0, max_new_tokens=4)).text.strip()
+    prefill = [t for t, n in steps if n > 1]
+    decode = [t for t, n in steps if n == 1]
+    assert prefill and set(prefill) == {settled}, steps
+    assert decode and set(decode) == {probe}, steps
