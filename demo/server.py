@@ -198,6 +198,10 @@ def build_server(
     return Served(app, audience, builder, BUILDER_PATH if builder else None, MCP_SUBPATH if mcp else None)
 
 
+SHUTDOWN_S = 3
+"""Seconds a stop waits for running requests (streams of open pages) before cancelling them."""
+
+
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the main thread keeps its own (Ctrl+C)
         pass
@@ -206,7 +210,13 @@ class _Server(uvicorn.Server):
 @contextmanager
 def running(served: Served, host: str, port: int) -> Iterator[str]:
     """Serve ``served`` on host:port in a thread; yields the base URL; stops on exit."""
-    server = _Server(uvicorn.Config(served.app, host=host, port=port, log_level="warning", lifespan="on"))
+    # A bounded graceful shutdown: an open page keeps an event stream running, and uvicorn waits for running
+    # requests before the lifespan's shutdown, where Gradio sweeps its temp files (delete_cache). Unbounded, a
+    # stop with a browser tab open never got there: the process ended with the uploads and downloads left behind.
+    config = uvicorn.Config(
+        served.app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=SHUTDOWN_S
+    )
+    server = _Server(config)
     thread = threading.Thread(target=server.run, name="demoforge-http", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -218,7 +228,7 @@ def running(served: Served, host: str, port: int) -> Iterator[str]:
         yield f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=SHUTDOWN_S + 10)
         for blocks in (served.audience, served.builder):
             if blocks is not None:
                 blocks.close()

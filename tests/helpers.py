@@ -1,4 +1,5 @@
-"""Test helpers shared by the UI and browser tests: a real Gradio server on a free port."""
+"""Test helpers shared by the UI and browser tests: a real Gradio server on a free port, served the way app.py
+serves it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import AppConfig
-from demo import build_app, launch_options
 
 
 def free_port() -> int:
@@ -21,15 +21,19 @@ def free_port() -> int:
 
 @contextmanager
 def serve(engine, config: AppConfig | None = None) -> Iterator[str]:
-    """Build the app on ``engine``, launch it on loopback without blocking, yield its URL, close it after."""
+    """Serve the app for ``config`` on ``engine`` on loopback, yield its URL, stop it after.
+
+    Through :func:`demo.server.build_server` and :func:`demo.server.running`, the path app.py takes (the FastAPI
+    mount, the endpoint guard, the login throttle), not ``Blocks.launch``: a test that passes here passes for the
+    server users get. A guard that refused the page's own unqueued events once broke the second chat message in
+    app.py while every test, launched the other way, passed.
+    """
+    from demo.server import LoginThrottle, build_server, running
+
     config = config or AppConfig()
-    app = build_app(engine, config)
-    options = {**launch_options(config), "server_name": "127.0.0.1", "server_port": free_port()}
-    app.launch(**options, prevent_thread_lock=True, quiet=True)
-    try:
-        yield app.local_url
-    finally:
-        app.close()
+    served = build_server(engine, config, throttle=LoginThrottle(base_delay_s=0))
+    with running(served, "127.0.0.1", free_port()) as url:
+        yield url + "/"
 
 
 CHROMIUM = os.environ.get("DEMOFORGE_CHROMIUM", "/usr/bin/chromium")

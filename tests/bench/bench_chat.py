@@ -111,13 +111,12 @@ def _serve(port: int) -> None:
     """Child process for (c): the real app on the default model, EOS ignored so replies are NEW_TOKENS long."""
     from core.config import AppConfig
     from core.engine import Engine
-    from demo import build_app, launch_options
+    from demo.server import serve_forever
 
     config = AppConfig(port=port)
     engine = Engine(config)
     engine.chat_model().model.generation_config.eos_token_id = None
-    app = build_app(engine, config)
-    app.launch(**launch_options(config), quiet=True)
+    serve_forever(engine, config)  # as app.py serves it
 
 
 def _wait_for_page(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:

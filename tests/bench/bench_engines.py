@@ -289,11 +289,11 @@ SERVER = """
 import sys
 from core.config import AppConfig
 from core.engine import Engine
-from demo import build_app, launch_options
+from demo.server import serve_forever
 config = AppConfig(port=int(sys.argv[1]), concurrency=int(sys.argv[2]), queue_size=64, engine=sys.argv[3])
 engine = Engine(config)
 print(engine.chat_label(), flush=True)
-build_app(engine, config).launch(**launch_options(config))
+serve_forever(engine, config)  # as app.py serves it
 """
 
 

@@ -21,7 +21,8 @@ def test_builder_on_an_ephemeral_space_sees_the_notice_and_publish_names_the_bun
 ) -> None:
     monkeypatch.setenv("SPACE_ID", "acme/demo")  # the test home is not on /data
     make_adapter(tiny_models["llama"], "alpha", 1)
-    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32")
+    # The builder's own (private) Space: mode 'auto' would serve visitors the audience view at / on a Space.
+    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32", mode="builder")
     with serve(Engine(config), config) as url, browser_page(url, height=1400) as page:
         notice = page.locator("#df-storage-notice")
         assert notice.is_visible() and "Storage is not persistent" in notice.inner_text()

@@ -246,7 +246,8 @@ def _markdown_values(url: str) -> dict[str, str]:
 def test_a_space_without_persistent_storage_tells_the_builder_what_is_lost_and_how_to_fix_it(
     tiny_models: dict[str, Path], demoforge_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32")
+    # The builder's own (private) Space: mode 'auto' would serve visitors the audience view at / on a Space.
+    config = AppConfig(model=str(tiny_models["llama"]), device="cpu", dtype="float32", mode="builder")
     monkeypatch.delenv("SPACE_ID", raising=False)
     with serve(Engine(config), config) as url:
         assert "df-storage-notice" not in _markdown_values(url)  # a laptop's disk persists: no notice
