@@ -9,6 +9,8 @@
       typed as a user would (bare names: 'negative, positive'; Banking77's 77 intent names), the default method
       (prompt ensemble + vocabulary expansion) against the previous one (one template, no expansion) in the same
       run; SST-2 also with one-line descriptions. Ensemble and expansion settings were chosen on the dev slices.
+      With it, a supervised ceiling for SST-2: logistic regression on the same frozen sentence vectors, trained on
+      the 500 labelled dev rows (see bench_linear_probe).
   (c) explanation latency (occlusion, MiniLM) for a 50-word text, median of 3.
   (d) temperature calibration: the NLL-optimal softmax temperature on a hand-written 4-topic set (below),
       which is where core.classify.DEFAULT_TEMPERATURE comes from.
@@ -241,6 +243,42 @@ def bench_zero_shot_all(splits: dict[str, dict[str, list[dict]]], encoder: objec
     return out
 
 
+def bench_linear_probe(split: dict[str, list[dict]], encoder: object) -> dict:
+    """(b') how much polarity the encoder's sentence vectors carry at all: a *supervised* logistic regression on the
+    frozen unit embeddings, trained on the 500 labelled dev rows, scored on the held-out rows. The best of a small
+    grid (logit scale x L2) is reported, scored on the held-out rows themselves, so it is an optimistic ceiling for
+    any method that reads these vectors without labels (the zero-shot classifier does)."""
+    import torch
+    import torch.nn.functional as F
+
+    names = sorted({r["label"] for r in split["dev"] + split["test"]})
+
+    def xy(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = encoder.embed([str(r["text"]) for r in rows]).clone()  # type: ignore[attr-defined]  # out of inference mode
+        return x, torch.tensor([names.index(r["label"]) for r in rows])
+
+    (xd, yd), (xt, yt) = xy(split["dev"]), xy(split["test"])
+    grid = {}
+    for scale in (5.0, 10.0, 20.0):
+        for l2 in (1e-4, 1e-3, 1e-2):
+            w = torch.zeros(xd.shape[1], len(names), requires_grad=True)
+            b = torch.zeros(len(names), requires_grad=True)
+            opt = torch.optim.LBFGS([w, b], max_iter=300)
+
+            def loss(w=w, b=b, opt=opt, scale=scale, l2=l2) -> torch.Tensor:
+                opt.zero_grad()
+                value = F.cross_entropy(xd @ w * scale + b, yd) + l2 * (w**2).sum()
+                value.backward()
+                return value
+
+            opt.step(loss)
+            with torch.no_grad():
+                hits = (xt @ w * scale + b).argmax(1) == yt
+                grid[f"scale {scale:g}, l2 {l2:g}"] = round(float(hits.float().mean()), 4)
+    best = max(grid, key=grid.__getitem__)
+    return {"train_rows": len(yd), "held_out_rows": len(yt), "best_accuracy": grid[best], "best": best, "grid": grid}
+
+
 def bench_explain(encoder: object) -> dict:
     """(c) occlusion latency for a 50-word text (median of 3, after one warm-up)."""
     from core.classify.classifiers import ZeroShotEmbeddingClassifier
@@ -417,6 +455,8 @@ def main(argv: list[str] | None = None) -> dict:
             out["splits"] = {k: {p: len(v[p]) for p in ("test", "dev", "train")} for k, v in splits.items()}
             if "zero_shot" in parts:
                 out["zero_shot"] = bench_zero_shot_all(splits, encoder)
+                if "sst2" in splits:
+                    out["linear_probe_sst2"] = bench_linear_probe(splits["sst2"], encoder)
             if "finetuned" in parts:
                 minutes = {"sst2": args.ft_minutes, "banking77": 2 * args.ft_minutes}
                 out["finetuned"] = bench_finetuned_accuracy(
@@ -447,6 +487,12 @@ def _print_markdown(out: dict) -> None:
             lines.append(
                 f"| zero-shot {ds}: default / previous accuracy | {zs[(ds, 'default')] / zs[(ds, 'previous')]:.3f}x |"
             )
+    if "linear_probe_sst2" in out:
+        p = out["linear_probe_sst2"]
+        lines.append(
+            f"| ceiling: *supervised* linear probe on the same sentence vectors, SST-2 ({p['train_rows']} labelled dev "
+            f"rows, best of {len(p['grid'])} settings on {p['held_out_rows']} held-out) | acc {p['best_accuracy']} |"
+        )
     if "explain" in out:
         e = out["explain"]
         lines.append(f"| explanation, 50 words (occlusion) | median {e['median_s']} s, max {e['max_s']} s |")
