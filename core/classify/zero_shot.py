@@ -5,7 +5,9 @@ Measured in ``tests/bench/bench_classify.py`` (dev slices chose the settings; he
 label names, 1,000 held-out SST-2 sentences 0.692 accuracy (one template, no expansion: 0.665; with one-line
 descriptions: 0.721) and Banking77 0.619 (0.615). Centring on a reference set, content-free calibration, chunking
 long texts, token-level matching and removing top principal components were tried on the dev slices and gained
-nothing; MiniLM's mean-pooled embeddings carry topic far more than polarity, so sentiment stays hard zero-shot.
+nothing; MiniLM's mean-pooled embeddings carry topic far more than polarity, so sentiment stays hard zero-shot: a
+*supervised* logistic regression on the same vectors, trained on 500 labelled SST-2 dev sentences, reaches only
+0.751 on the held-out ones (the bench's linear-probe ceiling).
 """
 
 from __future__ import annotations
