@@ -415,10 +415,12 @@ def test_a_prompt_never_prefills_on_a_thread_probe_and_decode_steps_do(fast, mon
 
     monkeypatch.setattr(batching.lc, "llama_decode", recording)
     tuner = sched.tuner
-    settled, probe = tuner.current, min(tuner.choices)
-    assert settled != probe
-    monkeypatch.setattr(tuner, "_probing", probe)  # a probe is running when the visitor arrives
-    monkeypatch.setattr(tuner, "_probe", [])
+    settled, probe = max(tuner.choices), min(tuner.choices)
+    # The tuner's state is set, not earned: a probe of one thread is running when the visitor arrives, and it stays
+    # running (its verdict, and any switch a loaded machine would make, is the tuner's own test).
+    monkeypatch.setattr(tuner, "current", settled)
+    monkeypatch.setattr(tuner, "_probing", probe)
+    monkeypatch.setattr(tuner, "record", lambda *args, **kwargs: None)
     fast._sched.forget_prefixes()
     assert _reply(fast, "Name a colour.", GenerationSettings(temperature=0.0, max_new_tokens=4)).text.strip()
     prefill = [t for t, n in steps if n > 1]
