@@ -27,7 +27,7 @@ MAX_NAME = 64
 TMP_MAX_AGE_S = 3600.0
 """Scratch folders older than this are removed when the next one is made (downloads are copied out long before)."""
 # Folders earlier versions left in the system temp dir; removed by age like the home's own tmp/.
-_LEGACY_TMP_PREFIXES = ("demoforge-zip-", "demoforge-scored-")
+_LEGACY_TMP_PREFIXES = ("demoforge-zip-", "demoforge-scored-", "demoforge-votes-")
 
 
 SPACE_STORAGE = Path("/data")

@@ -8,7 +8,6 @@ a ``gr.State`` (kept on the server, never sent to the browser), so the page cann
 from __future__ import annotations
 
 import random
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +115,9 @@ def _voter(handlers: ArenaHandlers, verdict: str) -> Callable[[_Pending | None],
     return vote
 
 
-def build_results_panel(votes: VoteStore) -> dict[str, gr.components.Component]:
-    """The builder's arena results: per pair, votes, wins, win rate with a 95% Wilson interval; CSV export."""
+def build_results_panel(votes: VoteStore, scratch_dir: Callable[[str], Path]) -> dict[str, gr.components.Component]:
+    """The builder's arena results: per pair, votes, wins, win rate with a 95% Wilson interval; CSV export into a
+    ``scratch_dir(prefix)`` folder (the engine's: under the home's tmp/, swept after an hour)."""
     table = gr.Dataframe(headers=STATS_HEADERS, interactive=False, elem_id="df-arena-results")
     with gr.Row():
         refresh = gr.Button("Refresh results", elem_id="df-arena-refresh")
@@ -130,7 +130,7 @@ def build_results_panel(votes: VoteStore) -> dict[str, gr.components.Component]:
 
     @shows_errors("exporting the votes")
     def export_csv() -> str:
-        path = Path(tempfile.mkdtemp(prefix="demoforge-votes-")) / "arena_votes.csv"
+        path = scratch_dir("votes") / "arena_votes.csv"
         path.write_text(votes.to_csv(), encoding="utf-8")
         return str(path)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,8 +15,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it: llama.cpp shares torch's libgomp
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Tests never touch the user's real home; integration tests share one converted SmolLM2 per session.
-os.environ.setdefault("DEMOFORGE_HOME", tempfile.mkdtemp(prefix="demoforge-test-home-"))
+# Tests never touch the user's real home; integration tests share one converted SmolLM2 per session. A home made
+# here is removed when the session ends: left behind, each run kept ~70-600 MB (408 of them filled a 2-core CI
+# machine's disk in two days, and the next run failed on "No space left").
+if "DEMOFORGE_HOME" not in os.environ:
+    os.environ["DEMOFORGE_HOME"] = tempfile.mkdtemp(prefix="demoforge-test-home-")
+    atexit.register(shutil.rmtree, os.environ["DEMOFORGE_HOME"], ignore_errors=True)
 
 from core.data.tokenize import CHATML_TEMPLATE  # noqa: I001 - after the environment above
 

@@ -17,13 +17,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -176,7 +177,7 @@ def _cold_start() -> dict:
     """Seconds from `python app.py` to a served page: first start (GGUF conversion) and a cached start."""
     from tests.helpers import free_port
 
-    home = tempfile.mkdtemp(prefix="demoforge-bench-home-")
+    home = scratch_dir("demoforge-bench-home-")
     env = {**os.environ, "DEMOFORGE_HOME": home}
     out = {}
     for run in ("first", "cached"):

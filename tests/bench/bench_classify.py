@@ -46,6 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -303,7 +305,6 @@ def bench_finetuned_accuracy(
     """(e) fine-tune MiniLM with the task defaults (LoRA, or every weight) on each train split, score the held-out
     split."""
     import csv
-    import tempfile
 
     from core.classify.classifiers import FineTunedClassifier
     from core.classify.scoring import score_table
@@ -311,7 +312,7 @@ def bench_finetuned_accuracy(
     from core.train.runner import run
 
     results = []
-    home = Path(tempfile.mkdtemp(prefix="demoforge-bench-cls-"))
+    home = Path(scratch_dir("demoforge-bench-cls-"))
     os.environ["DEMOFORGE_HOME"] = str(home)
     for name, split in splits.items():
         files = {}

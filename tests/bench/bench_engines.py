@@ -23,16 +23,17 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("DEMOFORGE_HOME", tempfile.mkdtemp(prefix="demoforge-bench-"))
+os.environ.setdefault("DEMOFORGE_HOME", scratch_dir("demoforge-bench-"))
 
 NEW = 128
 SYSTEM = "You are a helpful, concise assistant."
@@ -238,7 +239,7 @@ def bench_ctranslate2(ids: list[int], threads: int) -> dict:
 
     from core.models import embedded_chat_path
 
-    out_dir = Path(tempfile.mkdtemp(prefix="ct2-"))
+    out_dir = Path(scratch_dir("ct2-"))
     t = time.perf_counter()
     ctranslate2.converters.TransformersConverter(str(embedded_chat_path())).convert(
         str(out_dir), quantization="int8", force=True

@@ -15,12 +15,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.bench.bench_chat import _wait_for_page  # noqa: E402
@@ -42,7 +43,7 @@ def main() -> None:
 
     from core import store
 
-    home = Path(tempfile.mkdtemp(prefix="demoforge-bench-ft-"))
+    home = Path(scratch_dir("demoforge-bench-ft-"))
     models = store.home() / "models"
     store.subdir("models")
     (home / "models").symlink_to(models, target_is_directory=True)

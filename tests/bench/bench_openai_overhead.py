@@ -17,16 +17,17 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("DEMOFORGE_HOME", tempfile.mkdtemp(prefix="demoforge-bench-"))
+os.environ.setdefault("DEMOFORGE_HOME", scratch_dir("demoforge-bench-"))
 
 NEW = 128
 PROMPT = "Write a long, detailed story about a lighthouse keeper. Describe every scene."

@@ -16,12 +16,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SST2 = ROOT.parent / "shared" / "data" / "sst2_train.tsv"
 CASES = {
@@ -38,7 +39,7 @@ def _home() -> Path:
     from core import store
 
     models = store.home() / "models"
-    home = Path(tempfile.mkdtemp(prefix="demoforge-bench-budget-"))
+    home = Path(scratch_dir("demoforge-bench-budget-"))
     if models.is_dir():
         (home / "models").symlink_to(models)
     os.environ["DEMOFORGE_HOME"] = str(home)

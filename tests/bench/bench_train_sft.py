@@ -16,12 +16,13 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED = ROOT.parent / "shared" / "data" / "alpaca_200.json"
 MAX_LENGTH = 256
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument("--which", choices=["ours", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.which:
-        home = tempfile.mkdtemp(prefix="demoforge-bench-train-")
+        home = scratch_dir("demoforge-bench-train-")
         models = Path(os.environ.get("DEMOFORGE_HOME", "")) / "models"
         if models.is_dir():
             (Path(home) / "models").symlink_to(models, target_is_directory=True)

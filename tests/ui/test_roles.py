@@ -7,6 +7,7 @@ the audience's own endpoints stay inside the profile; failed sign-ins are thrott
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def roles(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
         # One deliberate wrong sign-in below must not lock the other tests (all from 127.0.0.1) out.
         served = build_server(engine, config, votes, LoginThrottle(base_delay_s=0.0, max_failures=100))
         with running(served, "127.0.0.1", free_port()) as url:
-            yield {"url": url, "served": served, "votes": votes}
+            yield {"url": url, "served": served, "votes": votes, "home": home}
 
 
 def builder_endpoints(served) -> dict[str, int]:
@@ -222,6 +223,13 @@ def test_arena_round_vote_reveal_and_builder_results(roles: dict) -> None:
     table = builder.predict(api_name="/arena_results")
     rows = table["data"]
     assert rows[0][0] == "base model vs tuned-a" and rows[0][1] >= 1
+    # The export is written under the home's tmp/ (swept after an hour), never left in the system temp dir.
+    before_tmp = {p.name for p in Path(tempfile.gettempdir()).iterdir()}
+    exported = Path(builder.predict(api_name="/arena_export"))
+    assert exported.read_text(encoding="utf-8").splitlines()[0].count(",") >= 3
+    scratch = list((roles["home"] / "tmp").glob("votes-*/arena_votes.csv"))
+    assert len(scratch) == 1 and scratch[0].read_text(encoding="utf-8") == exported.read_text(encoding="utf-8")
+    assert not {p for p in Path(tempfile.gettempdir()).iterdir() if p.name not in before_tmp and "votes" in p.name}
 
 
 def test_votes_survive_a_server_restart(tiny_models: dict[str, Path], tmp_path: Path) -> None:
