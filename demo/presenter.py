@@ -62,7 +62,7 @@ def add_presenter_panel(app: gr.Blocks, engine: Any, profile: DemoProfile, votes
     chat_names = [a.name for a in engine.chat_adapters()] if _has_adapters(engine) else []
     with app, gr.Accordion("Show it to others: audience profile and arena results", open=False, elem_id="df-present"):
         gr.Markdown("### Arena results")
-        results = build_results_panel(votes, engine.scratch_dir)
+        results = build_results_panel(votes, lambda prefix: engine.scratch_dir(prefix))  # looked up on export
         gr.Markdown(
             "### Save the current settings as a profile\nStart the audience view with `--profile NAME` "
             "(or `DEMOFORGE_PROFILE`); the audience sees only what it names."
