@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from core.config import ConfigError, LoraSettings, TrainConfig
+from core.train.plan import MAX_EVALS
 from tests.toy_data import sft_cfg, write_cls, write_sft
 
 REPO = Path(__file__).resolve().parents[3]
@@ -333,7 +334,10 @@ def test_time_budget_run_completes_its_schedule_within_the_budget(
     assert steps[-1]["step"] == steps[-1]["total_steps"] == result.metrics["steps"] >= 10
     assert steps[-1]["lr"] == 0.0 and result.metrics["final_lr"] == 0.0
     assert max(e["lr"] for e in steps) > 0.9 * cfg.lr  # the peak was reached too (warm-up done)
-    assert 1 <= sum(e["type"] == "eval" for e in events) <= 5
+    # The plan spreads MAX_EVALS evaluations (the final one included); a re-plan mid-run recomputes the interval
+    # for the new total, so the evaluations already made at the old interval can add one (their time is in the
+    # budget, asserted above). Seen on a CI run: 6.
+    assert 1 <= sum(e["type"] == "eval" for e in events) <= MAX_EVALS + 1
     assert [e["phase"] for e in events if e["type"] == "phase"] == ["final_eval", "saving"]
     assert result.adapter_dir is not None and (result.adapter_dir / "adapter_card.json").is_file()
 
