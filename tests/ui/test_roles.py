@@ -287,7 +287,10 @@ def test_failed_sign_ins_are_throttled_per_client(tiny_models: dict[str, Path], 
         config = AppConfig(
             model=str(tiny_models["llama"]), auth=AUDIENCE, mode="audience", profile=DemoProfile(max_new_tokens=24)
         )
-        served = build_server(Engine(config), config, VoteStore(tmp_path / "v.sqlite"))
+        # A long first back-off: the default (1 s, doubling) expired before the right password arrived when a
+        # loaded CI machine took seconds for the 30 attempts, and the sign-in went through (seen once).
+        throttle = LoginThrottle(base_delay_s=60.0)
+        served = build_server(Engine(config), config, VoteStore(tmp_path / "v.sqlite"), throttle)
         with running(served, "127.0.0.1", free_port()) as url:
             page = httpx.get(f"{url}/config")
             assert page.status_code == 401
