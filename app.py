@@ -6,9 +6,10 @@ import os
 
 # Before gradio is imported: no analytics calls from a demo machine (and none possible offline).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# Before torch is imported: llama.cpp shares torch's bundled libgomp; with spinning idle threads the fast engine
-# fell from 23 to 0.9 tok/s on a busy 2-core machine (core/backends/llamacpp.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY is left to GNU OpenMP's default (spin briefly, then sleep). PASSIVE, set here before, made every
+# one of ggml's barriers (hundreds per token) a futex sleep: through the app the fast engine decoded 40 instead of 63
+# tok/s on a quiet 2-core Xeon (plain weights; 84 instead of 126 with AMX), and no faster with two CPU hogs beside it
+# (45 vs 42 tok/s). One OpenMP pool for torch and llama.cpp (core.backends.batching) is what keeps a busy machine sane.
 
 import argparse
 import logging

@@ -13,7 +13,6 @@ import pytest
 # Set before any test module imports transformers or gradio.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it: llama.cpp shares torch's libgomp
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never touch the user's real home; integration tests share one converted SmolLM2 per session. A home made
 # here is removed when the session ends: left behind, each run kept ~70-600 MB (408 of them filled a 2-core CI

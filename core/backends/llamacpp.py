@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import adapters, specs
-from core.backends import lora_gguf
+from core import adapters, specs, store
+from core.backends import lora_gguf, weight_buffers
 from core.backends.base import ChatBackend
 from core.backends.threads import ThreadTuner, candidates
 from core.chat import Message, ReplyStats, StreamPiece, build_prompt, normalise_messages
@@ -37,6 +37,8 @@ DEFAULT_SLOTS = 8
 8 concurrent chats through the app made 57 tok/s together, 1.9x one stream, with no errors; each visitor still
 reads faster than ~7 tok/s. More slots only lengthen each step; requests beyond them wait in the scheduler."""
 
+
+WEIGHT_LAYOUTS = ("auto", "plain", "repacked")
 
 BUSY_INTERVAL_S = 0.2
 """Longest wait between a visitor's stream updates when many chats run (see LlamaCppBackend.stream)."""
@@ -58,32 +60,64 @@ class LlamaCppOptions:
     """Most tokens per decode call (running tokens + prompt chunks)."""
     cache_cells: int = 2048
     """KV cells finished chats may keep for prefix reuse (their system prompt and turns skip the prefill)."""
+    weights: str = ""
+    """Weight layout: ``repacked`` (llama.cpp's CPU-specific layouts, AMX tiles on a Xeon), ``plain``, or ``auto``:
+    measured once per machine, build and model (core.backends.weight_buffers). Empty = ``$DEMOFORGE_LLAMA_WEIGHTS``,
+    else ``auto``."""
 
     def __post_init__(self) -> None:
+        self.weights = (self.weights or os.environ.get("DEMOFORGE_LLAMA_WEIGHTS", "") or "auto").strip().lower()
+        if self.weights not in WEIGHT_LAYOUTS:
+            raise ModelError(
+                f"Unknown llama.cpp weight layout {self.weights!r}: use one of {', '.join(WEIGHT_LAYOUTS)}."
+            )
         if (self.threads is not None and self.threads < 1) or self.cache_cells < 0:
             raise ModelError(f"llama.cpp options out of range: {self}")
         if self.slots < 1 or self.kv_cells < 256 or self.n_batch < 32:
             raise ModelError(f"llama.cpp options out of range: {self}")
 
 
-def plain_llama(path: Path, **kwargs: Any) -> Any:
-    """llama-cpp-python's high-level ``Llama`` on ``path`` with the fast engine's weight buffers (no AMX repacking,
-    see LlamaCppBackend); the reference for benchmarks and the quality guard."""
+def plain_llama(path: Path, repacked: bool = False, **kwargs: Any) -> Any:
+    """llama-cpp-python's high-level ``Llama`` on ``path`` with the given weight layout (llama-cpp-python's own
+    default is repacked, which crashes some builds: see core.backends.weight_buffers); the reference for benchmarks
+    and the quality guard."""
     import llama_cpp
 
     low = llama_cpp.llama_cpp  # what Llama calls for its model parameters
     defaults = low.llama_model_default_params
 
-    def no_extra_bufts() -> Any:
+    def layout() -> Any:
         params = defaults()
-        params.use_extra_bufts = False
+        params.use_extra_bufts = repacked
         return params
 
-    low.llama_model_default_params = no_extra_bufts
+    low.llama_model_default_params = layout
     try:
         return llama_cpp.Llama(str(path), verbose=False, **kwargs)
     finally:
         low.llama_model_default_params = defaults
+
+
+def _load_model(lc: Any, gguf: Path, repacked: bool) -> Any:
+    """Loads the GGUF on a short-lived thread. Repacking weights (AMX) runs an OpenMP parallel loop, and GNU OpenMP
+    keeps a pool of workers for each thread that ran one until that thread exits. Loaded on the caller's thread, that
+    pool outlived the load beside the one decoding uses; with more OpenMP threads than CPUs libgomp cuts its
+    spin-waits and every barrier sleeps: decoding fell from ~140 to ~25 tok/s on the 2-core Xeon. This thread's pool
+    ends with it."""
+    box: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            box["model"] = lc.llama_model_load_from_file(str(gguf).encode(), weight_buffers.load_params(repacked))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=load, name="llama.cpp-load", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("model")
 
 
 def _hf_tokenizer(gguf: Path, spec: str) -> Any:
@@ -139,21 +173,17 @@ class LlamaCppBackend(ChatBackend):
         self.options = options or LlamaCppOptions()
         self._display = display_name or gguf.stem
         start = time.perf_counter()
+        opts = self.options
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.weight_choice = self._weight_layout(gguf, opts.threads or cpus)
         lc.llama_backend_init()
-        mparams = lc.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        # No extra (repacked) weight buffers: on CPUs with AMX, llama.cpp's AMX matmul for this build crashes
-        # (SIGSEGV in ggml_backend_amx_mul_mat, seen on a Xeon with AMX); the plain CPU kernels are safe everywhere.
-        mparams.use_extra_bufts = False
-        self._model = lc.llama_model_load_from_file(str(gguf).encode(), mparams)
+        self._model = _load_model(lc, gguf, self.weight_choice.repacked)
         if not self._model:
             raise ModelError(f"llama.cpp could not load {gguf} (an architecture it does not know, or a bad file).")
-        opts = self.options
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = opts.kv_cells
         cparams.n_batch = cparams.n_ubatch = opts.n_batch
         cparams.n_seq_max = opts.slots
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         tuner = ThreadTuner(candidates(cpus)) if opts.threads is None else None
         cparams.n_threads = cparams.n_threads_batch = opts.threads or cpus
         cparams.kv_unified = True  # one pool of cells shared by all slots: a single long chat may use all of it
@@ -187,6 +217,13 @@ class LlamaCppBackend(ChatBackend):
         )
         self.load_seconds = time.perf_counter() - start
 
+    def _weight_layout(self, gguf: Path, threads: int) -> weight_buffers.WeightChoice:
+        """The layout asked for, or the measured one (``auto``)."""
+        asked = self.options.weights
+        if asked != "auto":
+            return weight_buffers.WeightChoice(asked == "repacked", f"asked for {asked} weights", {}, {})
+        return weight_buffers.choose(gguf, threads, store.subdir("cache", self.home))
+
     @classmethod
     def from_engine(cls, engine: Engine, gguf: Path) -> LlamaCppBackend:
         """The backend for an engine's chat model: steps run on its model thread; slots from its concurrency."""
@@ -213,7 +250,8 @@ class LlamaCppBackend(ChatBackend):
         o = self.options
         tuner = self._sched.tuner
         threads = f"{o.threads} threads" if tuner is None else f"{'/'.join(map(str, tuner.choices))} threads, measured"
-        return f"{self._display} · {quant} GGUF · llama.cpp ({threads}, {o.slots} chats at once)"
+        layout = f"{weight_buffers.layout_name()} weights, " if self.weight_choice.repacked else ""
+        return f"{self._display} · {quant} GGUF · llama.cpp ({layout}{threads}, {o.slots} chats at once)"
 
     @property
     def context_length(self) -> int:

@@ -26,7 +26,6 @@ from tests.bench.scratch import scratch_dir  # noqa: E402 - needs ROOT on sys.pa
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("DEMOFORGE_HOME", scratch_dir("demoforge-bench-"))
 
 NEW = 128

@@ -78,11 +78,26 @@ def test_streams_growing_text_and_reports_stats(fast) -> None:
     assert "llama.cpp" in fast.label and "Q4_1" in fast.label
 
 
+def test_weight_layout_is_measured_on_the_real_model_and_named_in_the_label(fast) -> None:
+    """Both layouts ran in child processes on the embedded GGUF; the verdict follows the measurements and the label
+    says when the repacked (AMX) layout serves. A build whose AMX kernels crash ends up on the plain layout."""
+    from core.backends import weight_buffers as wb
+
+    choice = fast.weight_choice
+    print(f"\nweight layout: {choice.reason}")
+    plain, repacked = wb.ProbeResult(**choice.plain), wb.ProbeResult(**choice.repacked_probe)
+    assert plain.ok and len(plain.tokens or []) == wb.DECODE_TOKENS and plain.prefill_s > 0
+    assert choice.repacked == wb.decide(plain, repacked)[0]
+    assert ("weights," in fast.label) == choice.repacked
+    if not repacked.ok:
+        assert "failed" in choice.reason
+
+
 def test_prompt_is_the_transformers_prompt_and_llama_tokenises_it_the_same(ref, fast) -> None:
     msgs = normalise_messages([{"role": "user", "content": "Hi there!"}], SYSTEM)
     ids = build_prompt(ref.tokenizer, msgs, 2048, 48).input_ids
     text = ref.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    llm = plain_llama(embedded_gguf_file(), n_ctx=512)
+    llm = plain_llama(embedded_gguf_file(), fast.weight_choice.repacked, n_ctx=512)
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
     assert _reply(fast, "Hi there!").stats.prompt_tokens == len(ids)
 
@@ -134,7 +149,7 @@ def test_quality_guard_token_agreement_and_greedy_answers(ref, fast) -> None:
     activations; transformers runs the same weights dequantised to fp32). Free-running greedy answers are reported,
     not asserted: at a near-tie (the first token of 'What is the capital of France?' scores Le 23.74, La 23.73,
     The 23.71) any rounding difference picks another, equally good, reply."""
-    llm = plain_llama(embedded_gguf_file(), n_ctx=512, logits_all=True)
+    llm = plain_llama(embedded_gguf_file(), fast.weight_choice.repacked, n_ctx=512, logits_all=True)
     agree = total = identical = 0
     for prompt in AGREEMENT_PROMPTS:
         ids, cont = _ref_ids(ref, prompt)
@@ -294,8 +309,8 @@ def test_adapter_runs_on_llama_cpp_as_peft_runs_it(ref, fast, tmp_path, monkeypa
     assert fast.switch_adapter("bot") < 0.1  # cached
     peft_model = PeftModel.from_pretrained(ref.model, str(folder)).eval()
     lora = str(lora_gguf.lora_path(folder))
-    llm = plain_llama(embedded_gguf_file(), n_ctx=512, logits_all=True, lora_path=lora)
-    plain = plain_llama(embedded_gguf_file(), n_ctx=512, logits_all=True)
+    llm = plain_llama(embedded_gguf_file(), fast.weight_choice.repacked, n_ctx=512, logits_all=True, lora_path=lora)
+    plain = plain_llama(embedded_gguf_file(), fast.weight_choice.repacked, n_ctx=512, logits_all=True)
     agree = agree_without = total = changed = 0
     deltas: list[torch.Tensor] = []
     longest_changed = AGREEMENT_PROMPTS[1]
