@@ -5,7 +5,7 @@ Single stream, batch 1, greedy, a ~65-token prompt, 128 new tokens (EOS ignored 
   llama-cpp-python's high-level API (Llama.generate) on the same GGUF  - the in-run baseline (1.00x)
   DemoForge's fast engine (core.backends.llamacpp), on the base and with a rank-16 all-linear LoRA adapter
 Adapter switching (first use = conversion to a GGUF LoRA, then cached).
-Through the running app (separate server process, gradio_client /chat, streaming): one chat, then 8 at once.
+Through the running app (`python app.py` in its own process, gradio_client /chat, streaming): one chat, then 8 at once.
 Peak RSS of that server: base only, then after chatting with 3 adapters.
 
 The fast engine's time to first token: a new prompt, one whose system prompt is cached, a conversation's next turn.
@@ -286,18 +286,6 @@ def _make_adapters(n: int) -> None:
         )
 
 
-SERVER = """
-import sys
-from core.config import AppConfig
-from core.engine import Engine
-from demo.server import serve_forever
-config = AppConfig(port=int(sys.argv[1]), concurrency=int(sys.argv[2]), queue_size=64, engine=sys.argv[3])
-engine = Engine(config)
-print(engine.chat_label(), flush=True)
-serve_forever(engine, config)  # as app.py serves it
-"""
-
-
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -326,9 +314,10 @@ def bench_app(engine: str, concurrency: int) -> dict:
     tok = AutoTokenizer.from_pretrained(embedded_chat_path())
     n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(port), str(concurrency), engine], cwd=ROOT, env=os.environ.copy()
-    )
+    # `python app.py` itself, so that what it sets before torch loads (once, OMP_WAIT_POLICY=PASSIVE: a third of
+    # the speed) is measured too; a server built in a script of ours hid that.
+    args = ["--port", str(port), "--concurrency", str(concurrency), "--queue-size", "64", "--engine", engine]
+    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=os.environ.copy())
     out: dict = {}
     try:
         _wait_for_page(f"http://127.0.0.1:{port}/", proc)

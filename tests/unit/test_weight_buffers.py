@@ -85,3 +85,32 @@ def test_layout_option_is_validated_and_read_from_the_environment(monkeypatch: p
     assert LlamaCppOptions(weights="repacked").weights == "repacked"
     with pytest.raises(ModelError, match="auto, plain, repacked"):
         LlamaCppOptions(weights="amx")
+
+
+def test_the_model_loads_on_a_thread_that_is_gone_before_decoding_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMX repacking runs an OpenMP loop at load; the loading thread's libgomp pool lives as long as that thread, and
+    beside the decoding pool it made every barrier sleep (149 -> 27 tok/s). So the load runs on a short-lived one."""
+    pytest.importorskip("llama_cpp")
+    import threading
+
+    from core.backends import llamacpp
+
+    seen: list[threading.Thread] = []
+
+    class FakeLib:
+        @staticmethod
+        def llama_model_load_from_file(path: bytes, params: object) -> str:
+            seen.append(threading.current_thread())
+            return "model"
+
+    monkeypatch.setattr(wb, "load_params", lambda repacked: {"repacked": repacked})
+    assert llamacpp._load_model(FakeLib, Path("m.gguf"), True) == "model"
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
+
+    class Failing:
+        @staticmethod
+        def llama_model_load_from_file(path: bytes, params: object) -> str:
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):  # an error on the load thread reaches the caller
+        llamacpp._load_model(Failing, Path("m.gguf"), False)
