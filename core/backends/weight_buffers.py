@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 120.0
 """A child that has not answered by then counts as failed (loading a 135M model takes well under a second)."""
-MIN_AGREEMENT = 0.9
-"""Share of the plain layout's greedy tokens the repacked one must pick too, fed the same tokens: the two round
-activations differently, so a near-tie may flip; a broken kernel disagrees almost everywhere."""
+MIN_AGREEMENT = 0.75
+"""Share of the plain layout's greedy tokens the repacked one must pick too, fed the same tokens. The two round
+activations differently, so near-ties flip (30 of 32 agreed on the Xeon; another CPU may flip a few more); a broken
+kernel disagrees almost everywhere. The answers' quality is guarded against transformers by the integration tests."""
 MIN_GAIN = 0.05
 """Repacked must be this much faster (probe time) to be chosen: within the noise, the plain layout is the safer."""
 DECODE_TOKENS = 32
