@@ -83,15 +83,9 @@ def plain_llama(path: Path, repacked: bool = False, **kwargs: Any) -> Any:
     and the quality guard."""
     import llama_cpp
 
-    low = llama_cpp.llama_cpp  # what Llama calls for its model parameters
+    low = llama_cpp.llama_cpp  # what Llama calls for its model parameters (it has no switch for the layout)
     defaults = low.llama_model_default_params
-
-    def layout() -> Any:
-        params = defaults()
-        params.use_extra_bufts = repacked
-        return params
-
-    low.llama_model_default_params = layout
+    low.llama_model_default_params = lambda: weight_buffers.load_params(repacked)
     try:
         return llama_cpp.Llama(str(path), verbose=False, **kwargs)
     finally:
@@ -176,6 +170,7 @@ class LlamaCppBackend(ChatBackend):
         opts = self.options
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.weight_choice = self._weight_layout(gguf, opts.threads or cpus)
+        self._layout_label = f"{weight_buffers.layout_name()} weights, " if self.weight_choice.repacked else ""
         lc.llama_backend_init()
         self._model = _load_model(lc, gguf, self.weight_choice.repacked)
         if not self._model:
@@ -250,8 +245,7 @@ class LlamaCppBackend(ChatBackend):
         o = self.options
         tuner = self._sched.tuner
         threads = f"{o.threads} threads" if tuner is None else f"{'/'.join(map(str, tuner.choices))} threads, measured"
-        layout = f"{weight_buffers.layout_name()} weights, " if self.weight_choice.repacked else ""
-        return f"{self._display} · {quant} GGUF · llama.cpp ({layout}{threads}, {o.slots} chats at once)"
+        return f"{self._display} · {quant} GGUF · llama.cpp ({self._layout_label}{threads}, {o.slots} chats at once)"
 
     @property
     def context_length(self) -> int:

@@ -82,17 +82,15 @@ def load_params(repacked: bool) -> Any:
 
 def layout_name() -> str:
     """What the repacked layout is on this CPU, for the model label: AMX tiles where the CPU has them."""
-    return "AMX" if "amx_int8" in _cpu_flags() else "repacked"
+    return "AMX" if "amx_int8" in _cpuinfo("flags") else "repacked"
 
 
-def _cpu_flags() -> str:
+def _cpuinfo(*fields: str) -> str:
+    """The first /proc/cpuinfo line starting with one of ``fields`` ('' where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
+        return next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith(fields)), "")
     except OSError:
-        pass
-    return ""
+        return ""
 
 
 def _library_id() -> str:
@@ -108,15 +106,10 @@ def _library_id() -> str:
 
 
 def _cpu_id() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line  # the first of the two: the model name on x86
-    except OSError:
-        pass
+    """The CPU model (x86: 'model name' comes before 'flags'), or what platform knows elsewhere."""
     import platform
 
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name", "flags") or platform.processor() or platform.machine()
 
 
 def cache_key(gguf: Path, threads: int) -> str:

@@ -410,8 +410,8 @@ def main() -> None:
         if args.transformers_app:
             res["app_transformers"] = bench_app("transformers", 1)
     base = res["llama_plain"]["decode_tok_s"]
-    print("| path | TTFT ms | decode tok/s | vs llama.cpp plain |\n|---|---|---|---|")
     print(f"\nweight layout: {res['weights']['reason']}")
+    print("| path | TTFT ms | decode tok/s | vs llama-cpp-python, same layout |\n|---|---|---|---|")
     keys = ("transformers_fp32", "transformers_bf16", "llama_plain_layout", "llama_plain", "fast", "fast_lora")
     for key in (*keys, "ctranslate2"):
         if key in res and "skipped" not in res[key]:

@@ -137,25 +137,12 @@ def _llama_answers(llm, tokenizer) -> list[list[int]]:
 
 def _load(path: Path, lora: Path | None = None, extra_buffers: bool = True, logits_all: bool = False):
     """llama.cpp on ``path`` (with a GGUF LoRA). ``extra_buffers=False`` turns off llama.cpp's repacked CPU weight
-    layouts: with them, this llama-cpp-python 0.3.36 build segfaults in decode on any Q8_0 model on an AMX Xeon
-    (llama.cpp's own llama_model_quantize output included), so that is a llama.cpp bug, not the file's."""
-    import llama_cpp.llama_cpp as lib
+    layouts: a llama-cpp-python built without the README's GCC fix segfaults with them in decode on any Q8_0 model on
+    an AMX Xeon (llama.cpp's own llama_model_quantize output included): a build bug, not the file's."""
+    from core.backends.llamacpp import plain_llama
 
     kwargs = {"lora_path": str(lora)} if lora else {}
-    default = lib.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = extra_buffers
-        return p
-
-    lib.llama_model_default_params = params  # Llama() exposes no switch for it
-    try:
-        return llama_cpp.Llama(
-            str(path), n_ctx=512, n_threads=2, seed=0, verbose=False, logits_all=logits_all, **kwargs
-        )
-    finally:
-        lib.llama_model_default_params = default
+    return plain_llama(path, extra_buffers, n_ctx=512, n_threads=2, seed=0, logits_all=logits_all, **kwargs)
 
 
 def _agreement(a: list[list[int]], b: list[list[int]]) -> float:

@@ -1,8 +1,9 @@
 """DemoForge in front of a real OpenAI-compatible server: ``python -m llama_cpp.server`` on the embedded GGUF,
 bound to 127.0.0.1, driven through gradio_client (issue 12's "Done when").
 
-The server is started with llama.cpp's repacked (AMX) weight buffers off: on Intel Xeons with AMX this build
-segfaults on the first decode (the same crash core/backends/llamacpp.py avoids with ``use_extra_bufts=False``).
+The server is started with llama.cpp's repacked (AMX) weight buffers off: on Intel Xeons with AMX a build without the
+README's GCC fix segfaults on the first decode (core/backends/weight_buffers.py measures whether it does; this test
+server must start on any build, so it never tries).
 llama-cpp-python 0.3.36's server has no setting for it (no ModelSettings field; no GGML_* variable in the build
 turns repacking off: the library's strings list only GGML_CPU_TILED_MM, GGML_CPU_DISABLE_FUSION and debug
 switches), so :data:`LAUNCH` sets the same model parameter before running the server's own ``__main__``.
@@ -33,7 +34,7 @@ LAUNCH = (
     "defaults = low.llama_model_default_params\n"
     "def no_repack():\n"
     "    params = defaults()\n"
-    "    params.use_extra_bufts = False  # AMX/repacked CPU buffers segfault on this Xeon\n"
+    "    params.use_extra_bufts = False  # AMX buffers segfault on builds without the GCC fix\n"
     "    return params\n"
     "low.llama_model_default_params = no_repack\n"
     "sys.argv = ['llama_cpp.server', *sys.argv[1:]]\n"
