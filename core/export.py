@@ -36,6 +36,7 @@ def merge(name: str, home: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from core.models import resolve_base
+    from core.pooling import MEAN_POOLING_HOWTO
 
     info = adapters.get(name, home)
     base_path = resolve_base(info.base_model, info.task, info.card.get("base_model_path"))
@@ -55,6 +56,9 @@ def merge(name: str, home: Path | None = None) -> Path:
             base_path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
         )
     model = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload()
+    mean_pooled = info.task == "classification" and info.card.get("pooling") == "mean"
+    if mean_pooled:  # the weights merge as they are; the marker and the README say how the head reads them
+        model.config.demoforge_pooling = "mean"
     # core.train saves the tokenizer (with any chat template it set) beside the adapter; fall back to the base's.
     has_tokenizer = (info.path / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(info.path if has_tokenizer else base_path)
@@ -65,7 +69,7 @@ def merge(name: str, home: Path | None = None) -> Path:
         (tmp / "README.md").write_text(
             f"# {info.name} (merged)\n\n{info.base_model} with the LoRA adapter `{info.name}` merged in by "
             "DemoForge. Load it with `AutoModelForCausalLM.from_pretrained(folder)` (or the classification "
-            "class for a classifier).\n",
+            "class for a classifier).\n" + (f"\n{MEAN_POOLING_HOWTO}" if mean_pooled else ""),
             encoding="utf-8",
         )
     return target

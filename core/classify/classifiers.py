@@ -28,6 +28,7 @@ import torch
 
 from core.errors import ClassifyError
 from core.models import ModelError, cpu_supports_bf16, pick_device, resolve_base
+from core.pooling import use_mean_pooling
 
 Progress = Callable[[float], None]
 DType = Literal["auto", "float32", "bfloat16"]
@@ -308,6 +309,8 @@ class FineTunedClassifier(SequenceClassifier):
                 f"Cannot load the base model {card.get('base_model')!r} of adapter {folder.name!r}: "
                 f"{str(exc).splitlines()[0]}"
             ) from exc
+        if card.get("pooling") == "mean":  # trained on the tokens' mean (core.pooling): read it the same way
+            use_mean_pooling(model)
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=False).merge_and_unload()
         model = model.to(dev, pick_inference_dtype(dtype, dev))
         clf = cls(

@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from core.config import ConfigError, TrainConfig
+from core.pooling import pick_pooling, use_mean_pooling
 
 
 def pick_mixed_precision(precision: str) -> str:
@@ -88,7 +89,8 @@ def build_model(
 ) -> Any:
     """Load the base in fp32 (or 4-bit for QLoRA) and wrap it with a fresh LoRA adapter.
 
-    Classification gets ``AutoModelForSequenceClassification`` with a new head; peft's SEQ_CLS task type adds
+    Classification gets ``AutoModelForSequenceClassification`` with a new head, reading the mean of the tokens
+    where :func:`core.pooling.pick_pooling` says so; peft's SEQ_CLS task type adds
     ``classifier``/``score`` to ``modules_to_save``, so the head is trained in full and saved with the adapter.
     With a ``tokenizer`` the head starts from the label names (:func:`init_head_from_label_names`); ``sample_ids``
     (token ids of some training texts) centre it.
@@ -114,6 +116,11 @@ def build_model(
         if model.config.pad_token_id is None and pad_token_id is not None:
             model.config.pad_token_id = pad_token_id  # causal-LM classifiers find the last token by the pad id
         task_type = TaskType.SEQ_CLS
+        try:
+            if pick_pooling(cfg.pooling, base_path, model, cfg.full_finetune) == "mean":
+                use_mean_pooling(model)  # before the head's init and peft: both see the pooled mean
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if tokenizer is not None and not cfg.qlora:
             init_head_from_label_names(model, tokenizer, labels, sample_ids or [])
     model.config.use_cache = False

@@ -26,6 +26,7 @@ from core import store
 from core.config import ConfigError, TrainConfig
 from core.errors import TrainError
 from core.models import resolve_base
+from core.pooling import MEAN_POOLING_HOWTO, pooling_of
 from core.train.batches import TrainData, load_train_data, steps_per_epoch
 from core.train.checkpoint import Position, load_checkpoint, load_position, restore_best
 from core.train.evaluate import best_key
@@ -301,6 +302,8 @@ def save_adapter(
         "base_model": cfg.base_model,
         "base_model_path": base_path,
         "labels": data.labels,
+        # what the head reads: loading (core.classify, core.export) must pool the same way
+        "pooling": pooling_of(model) if cfg.task == "classification" else None,
         "data": data.summary,
         "data_fingerprint": data.fingerprint,
         "metrics": metrics,
@@ -356,6 +359,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
         "Load it with `peft.PeftModel.from_pretrained(base, this_folder)`; `adapter_card.json` has the full config.",
         "",
     ]
+    if card.get("pooling") == "mean":
+        lines += [MEAN_POOLING_HOWTO]
     return "\n".join(lines)
 
 

@@ -168,6 +168,7 @@ def test_classification_minilm_beats_chance(encoder_base: str, tmp_path: Path, m
     assert result.metrics["best_macro_f1"] >= 0.7, result.metrics  # chance is ~0.33 for 3 balanced classes
     card = json.loads((result.adapter_dir / "adapter_card.json").read_text())
     assert sorted(card["labels"]) == ["billing", "shipping", "technical"]
+    assert card["pooling"] == "mean"  # the embedded MiniLM declares mean pooling, so the head reads the mean
 
 
 def test_time_budget_on_minilm_lands_on_the_budget(encoder_base: str, tmp_path: Path) -> None:
