@@ -19,7 +19,9 @@
       fine-tuned and their ratio. --ft-minutes sets the time budget; --ft-steps N trains exactly N steps instead (for
       a shared CPU where a time budget measures the neighbours), reporting steps/s so the budget can be
       extrapolated. The head starts at the label names' prototypes (core.train.model.init_head_from_label_names) and a
-      run that cannot see every row trains on the longest rows first (core.train.batches.epoch_batches).
+      run that cannot see every row trains on the longest rows first (core.train.batches.epoch_batches). The head reads
+      the mean of the token vectors (core.pooling, ``pooling: auto`` on MiniLM); --pooling cls compares BERT's [CLS]
+      pooler.
 Splits (seed 0, random.Random): SST-2 held-out = 1,000 *full sentences* (distinct rows of >= 12 words, shuffled;
 the first 1,000), dev = the next 500; train = every other row, minus any row whose text is a word span of a
 held-out or dev sentence (SST-2 lists sub-phrases of its sentences as rows: ~12k such rows removed).
@@ -301,6 +303,7 @@ def bench_finetuned_accuracy(
     steps: int | None,
     zero: list[dict],
     full_finetune: bool = False,
+    pooling: str = "auto",
 ) -> list[dict]:
     """(e) fine-tune MiniLM with the task defaults (LoRA, or every weight) on each train split, score the held-out
     split."""
@@ -331,6 +334,7 @@ def bench_finetuned_accuracy(
             time_budget_minutes=None if steps else minutes[name],
             max_steps=steps,
             full_finetune=full_finetune,
+            pooling=pooling,
             seed=SEED,
         )
         t = time.perf_counter()
@@ -346,6 +350,7 @@ def bench_finetuned_accuracy(
             {
                 "dataset": name,
                 "method": "full" if full_finetune else "LoRA",
+                "pooling": (clf.card or {}).get("pooling"),  # what the run used, from the adapter's card
                 "train_rows": len(split["train"]),
                 "held_out_rows": m.n,
                 "budget_min": None if steps else minutes[name],
@@ -377,6 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--ft-steps", type=int, default=None, help="train exactly N steps instead of a time budget")
     parser.add_argument("--full-finetune", action="store_true", help="train every weight instead of LoRA")
+    parser.add_argument(
+        "--pooling", default="auto", choices=("auto", "cls", "mean"), help="what the head reads (core.pooling)"
+    )
     parser.add_argument("--datasets", default="sst2,banking77", help="comma-separated subset of: sst2, banking77")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads for the whole run (default: torch's choice)"
@@ -427,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
             if "finetuned" in parts:
                 minutes = {"sst2": args.ft_minutes, "banking77": 2 * args.ft_minutes}
                 out["finetuned"] = bench_finetuned_accuracy(
-                    splits, minutes, args.ft_steps, out.get("zero_shot", []), args.full_finetune
+                    splits, minutes, args.ft_steps, out.get("zero_shot", []), args.full_finetune, args.pooling
                 )
     out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _print_markdown(out)
@@ -473,7 +481,8 @@ def _print_markdown(out: dict) -> None:
         plan = f"{f['budget_min']:g}-min budget" if f["budget_min"] else "fixed steps"
         speed = f["steps"] / f["train_seconds"] if f.get("train_seconds") else float("nan")
         lines.append(
-            f"| fine-tuned {f['dataset']} ({f['method']} MiniLM, {plan}, {f['steps']} steps at {speed:.2f} steps/s, lr "
+            f"| fine-tuned {f['dataset']} ({f['method']} MiniLM, {f['pooling']} pooling, {plan}, {f['steps']} steps at "
+            f"{speed:.2f} steps/s, lr "
             f"{f['lr']:g}, batch {f['batch_size']}, on {f['train_rows']} rows; {f['held_out_rows']} held-out) | acc "
             f"{f['accuracy']}, macro-F1 {f['macro_f1']}; zero-shot {f['zero_shot_accuracy']}, ratio "
             f"{f['ratio_vs_zero_shot']}x |"
