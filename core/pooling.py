@@ -15,6 +15,7 @@ pooling it was trained with, and loading applies the same.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,8 @@ Pooling = Literal["cls", "mean"]
 
 MEAN_POOLING_HOWTO = """The classification head reads the **mean of the token vectors**, not the [CLS] pooler,
 so call the encoder and the head yourself. `model` is the loaded `AutoModelForSequenceClassification` (for the
-adapter: `PeftModel.from_pretrained(base, folder).merge_and_unload()`), `enc` the tokenizer's output:
+adapter: the base loaded with `num_labels=len(labels)`, then `PeftModel.from_pretrained(base, folder)
+.merge_and_unload()`), `enc` the tokenizer's output:
 
 ```python
 hidden = model.base_model(**enc).last_hidden_state
@@ -40,42 +42,59 @@ class MeanPooler(torch.nn.Module):
     """Stands in for an encoder's pooler: the attention-masked mean of the last hidden states.
 
     The encoder calls its pooler with the hidden states only, so the mask reaches it through :func:`use_mean_pooling`'s
-    hooks on the encoder (set before its forward, cleared after).
+    hooks on the encoder (set before its forward, cleared after), kept per thread: two threads classifying with one
+    model must never pool with each other's mask.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.mask: torch.Tensor | None = None
+        self.masks: dict[int, torch.Tensor] = {}
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The attention mask of this thread's forward in progress, if any."""
+        return self.masks.get(threading.get_ident())
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         mask = self.mask
         if mask is None or tuple(mask.shape) != tuple(hidden.shape[:2]):
             return hidden.mean(dim=1)  # no padding to leave out
         weights = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        count = mask.to(torch.float32).sum(dim=1, keepdim=True).clamp(min=1.0)  # bf16 counts exactly only to 256
+        return ((hidden * weights).sum(dim=1) / count).to(hidden.dtype)
 
 
 def _keep_mask(module: Any, args: tuple, kwargs: dict) -> None:
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1:  # BERT-like forward(input_ids, attention_mask, ...)
         mask = args[1]
-    module.pooler.mask = mask
+    if mask is None:
+        module.pooler.masks.pop(threading.get_ident(), None)
+    else:
+        module.pooler.masks[threading.get_ident()] = mask
 
 
 def _drop_mask(module: Any, _args: tuple, _out: Any) -> None:
-    module.pooler.mask = None
+    module.pooler.masks.pop(threading.get_ident(), None)
 
 
 def declared_pooling(base_path: str) -> Pooling:
     """'mean' when ``base_path`` is a sentence-transformers folder whose pooling is the mean of the tokens
-    (``1_Pooling/config.json``), else 'cls' (the model's own pooler). Only local folders are read: a Hub id keeps its
-    pooler unless the run asks for ``pooling: mean``."""
-    config = Path(base_path) / "1_Pooling" / "config.json"
+    (``1_Pooling/config.json``) or a classifier DemoForge merged from a mean-pooled adapter (``demoforge_pooling`` in
+    its ``config.json``), else 'cls' (the model's own pooler). Only local folders are read: a Hub id keeps its pooler
+    unless the run asks for ``pooling: mean``."""
+    folder = Path(base_path)
     try:
-        settings = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        settings = json.loads((folder / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        if settings.get("pooling_mode_mean_tokens"):
+            return "mean"
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return "mean" if config.get("demoforge_pooling") == "mean" else "cls"
+    except (OSError, ValueError, AttributeError):
         return "cls"
-    return "mean" if settings.get("pooling_mode_mean_tokens") else "cls"
 
 
 def pick_pooling(choice: str, base_path: str, model: Any, full_finetune: bool = False) -> Pooling:
@@ -101,9 +120,18 @@ def pooling_of(model: Any) -> Pooling:
 
 
 def can_mean_pool(model: Any) -> bool:
-    """Whether ``model`` is an encoder classifier whose backbone has a pooler to replace (BERT-like)."""
+    """Whether ``model`` is an encoder classifier with a BERT-style pooler to replace: a module with a ``dense`` layer
+    that is handed the whole (batch, tokens, hidden) sequence. ALBERT's and BigBird's poolers are a bare Linear
+    called on the first token only, so a mean pooler in their place would see 2-D input."""
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    return backbone is not None and getattr(backbone, "pooler", None) is not None
+    pooler = getattr(backbone, "pooler", None)
+    if isinstance(pooler, MeanPooler):
+        return True
+    return (
+        pooler is not None
+        and not isinstance(pooler, torch.nn.Linear)
+        and isinstance(getattr(pooler, "dense", None), torch.nn.Linear)
+    )
 
 
 def use_mean_pooling(model: Any) -> None:

@@ -139,7 +139,10 @@ def download_run_card(engine: Engine, name: str | None) -> str:
 def merge_adapter(engine: Engine, name: str | None) -> str:
     """/merge_adapter: merge into a copy of its base, saved as safetensors."""
     path = engine.library.merge(name or "")
-    return f"Merged **{name}** into its base: `{path.name}` (safetensors; load it with `from_pretrained`)."
+    return (
+        f"Merged **{name}** into its base: `{path.name}` (safetensors; load it with `from_pretrained`, and see its "
+        "README.md: a classifier's head may read the mean of the token vectors, not `model(**enc).logits`)."
+    )
 
 
 @shows_errors("exporting the adapter")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 import core
 from core import store
@@ -86,6 +87,8 @@ def run(
     events = EventLog(run_dir, enabled=main_proc, t0=t_start)
     if main_proc and not (run_dir / "config.yaml").is_file():
         cfg.to_yaml(run_dir / "config.yaml")
+    if resume and _started_before_pooling(cfg, run_dir):
+        cfg.pooling = "cls"  # it trained (and checkpointed a LoRA on) BERT's [CLS] pooler: carry on with that
     try:
         ctx = _plan(cfg, run_dir, resume, stop, accelerator, events, t_start, exit_s)
         return _finish(ctx, run_steps(ctx))
@@ -283,6 +286,17 @@ def _finish(ctx: RunContext, status: str) -> RunResult:
     acc.wait_for_everyone()
     events.emit("end", status=status, adapter_dir=str(adapter_dir) if adapter_dir else None, metrics=metrics, **end)
     return RunResult(status, ctx.run_dir, adapter_dir, metrics)
+
+
+def _started_before_pooling(cfg: TrainConfig, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a classification run started before ``pooling`` existed (its config.yaml lacks it)."""
+    if cfg.task != "classification" or cfg.pooling != "auto":
+        return False
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and "pooling" not in saved
 
 
 def save_adapter(

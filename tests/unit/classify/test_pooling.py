@@ -129,6 +129,7 @@ def test_mean_pooled_run_records_it_and_every_loader_reads_it(
     merged = merge("mean-cls")
     assert json.loads((merged / "config.json").read_text())["demoforge_pooling"] == "mean"
     assert MEAN_POOLING_HOWTO in (merged / "README.md").read_text()
+    assert declared_pooling(str(merged)) == "mean"  # a new run on the merged classifier pools the same way
     model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
     enc = AutoTokenizer.from_pretrained(merged)(texts, return_tensors="pt", padding=True)
     recipe = MEAN_POOLING_HOWTO.split("```python")[1].split("```")[0]
@@ -139,3 +140,77 @@ def test_mean_pooled_run_records_it_and_every_loader_reads_it(
     with torch.no_grad():
         cls_probs = model(**enc).logits.softmax(-1)  # what the recipe is there to avoid
     assert not torch.allclose(cls_probs, probs, atol=1e-3)
+
+
+def test_poolers_that_see_only_the_first_token_are_not_replaced(st_bert: Path) -> None:
+    """ALBERT's (and BigBird's) pooler is a bare Linear on the first token's vector: a mean pooler there would get 2-D
+    input, so 'auto' keeps it and 'mean' is refused with a reason."""
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    albert = AlbertForSequenceClassification(
+        AlbertConfig(
+            vocab_size=64,
+            embedding_size=8,
+            hidden_size=16,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_labels=2,
+        )
+    )
+    assert pick_pooling("auto", str(st_bert), albert) == "cls"
+    with pytest.raises(ValueError, match="pooler"):
+        pick_pooling("mean", str(st_bert), albert)
+
+
+def test_each_thread_pools_with_its_own_mask(st_bert: Path) -> None:
+    """Two threads classify with one model: the one paused mid-forward still pools with its own mask after the other
+    ran a whole forward (which sets and clears a mask of its own)."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(st_bert)
+    model = _classifier(st_bert)
+    use_mean_pooling(model)
+    padded = tok(["the movie was really very good indeed", "bad"], return_tensors="pt", padding=True)
+    other = tok(["a great story", "poor plot was really very bad and long"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = model(**padded).logits
+    inside, go, result = threading.Event(), threading.Event(), {}
+    paused = {"thread": None}
+
+    def pause(_module: object, _args: object) -> None:
+        if threading.get_ident() == paused["thread"]:
+            inside.set()
+            go.wait(10)
+
+    hook = model.base_model.encoder.register_forward_pre_hook(pause)
+
+    def classify() -> None:
+        paused["thread"] = threading.get_ident()
+        with torch.no_grad():
+            result["logits"] = model(**padded).logits
+
+    worker = threading.Thread(target=classify)
+    worker.start()
+    assert inside.wait(10)
+    with torch.no_grad():
+        model(**other)  # a whole forward on this thread while the worker waits inside its own
+    go.set()
+    worker.join(10)
+    hook.remove()
+    torch.testing.assert_close(result["logits"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_run_started_before_pooling_existed_resumes_on_the_cls_pooler(tmp_path: Path) -> None:
+    from core.train.runner import _started_before_pooling
+
+    cfg = TrainConfig(data_path="d.csv", adapter_name="a", task="classification")
+    (tmp_path / "config.yaml").write_text("data_path: d.csv\nadapter_name: a\ntask: classification\n")
+    assert _started_before_pooling(cfg, tmp_path)  # its LoRA and head were trained on [CLS]: keep that
+    cfg.to_yaml(tmp_path / "config.yaml")
+    assert not _started_before_pooling(cfg, tmp_path)
+    sft = TrainConfig(data_path="d.csv", adapter_name="a", task="sft")
+    (tmp_path / "config.yaml").write_text("data_path: d.csv\nadapter_name: a\n")
+    assert not _started_before_pooling(sft, tmp_path)
