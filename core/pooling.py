@@ -112,26 +112,26 @@ def pick_pooling(choice: str, base_path: str, model: Any, full_finetune: bool = 
     return "cls"
 
 
-def pooling_of(model: Any) -> Pooling:
-    """The pooling ``model`` (a classifier, peft-wrapped or not) classifies with."""
+def _pooler(model: Any) -> Any:
+    """The encoder's pooler of ``model`` (a classifier, peft-wrapped or not), or None."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
-    return "mean" if isinstance(getattr(backbone, "pooler", None), MeanPooler) else "cls"
+    return getattr(backbone, "pooler", None)
+
+
+def pooling_of(model: Any) -> Pooling:
+    """The pooling ``model`` (a classifier, peft-wrapped or not) classifies with."""
+    return "mean" if isinstance(_pooler(model), MeanPooler) else "cls"
 
 
 def can_mean_pool(model: Any) -> bool:
     """Whether ``model`` is an encoder classifier with a BERT-style pooler to replace: a module with a ``dense`` layer
     that is handed the whole (batch, tokens, hidden) sequence. ALBERT's and BigBird's poolers are a bare Linear
     called on the first token only, so a mean pooler in their place would see 2-D input."""
-    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    pooler = getattr(backbone, "pooler", None)
+    pooler = _pooler(model)
     if isinstance(pooler, MeanPooler):
         return True
-    return (
-        pooler is not None
-        and not isinstance(pooler, torch.nn.Linear)
-        and isinstance(getattr(pooler, "dense", None), torch.nn.Linear)
-    )
+    return not isinstance(pooler, torch.nn.Linear) and isinstance(getattr(pooler, "dense", None), torch.nn.Linear)
 
 
 def use_mean_pooling(model: Any) -> None:
@@ -139,9 +139,9 @@ def use_mean_pooling(model: Any) -> None:
     place. Raises ValueError when the model has no pooler to replace."""
     if not can_mean_pool(model):
         raise ValueError(f"{type(model).__name__} has no encoder pooler; mean pooling applies to BERT-like encoders")
-    backbone = getattr(model, model.base_model_prefix)
-    if isinstance(backbone.pooler, MeanPooler):
+    if pooling_of(model) == "mean":
         return
+    backbone = getattr(model, model.base_model_prefix)
     backbone.pooler = MeanPooler()
     backbone.register_forward_pre_hook(_keep_mask, with_kwargs=True)
     backbone.register_forward_hook(_drop_mask)

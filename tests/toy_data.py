@@ -35,6 +35,25 @@ def write_cls(path: Path, n: int = 160) -> Path:
     return path
 
 
+def cls_cfg(base_model: Path, data: Path, **kw: object) -> TrainConfig:
+    """A short classification run on a tiny encoder (``write_cls`` data): fp32, rank-8 LoRA, a quarter held out."""
+    base = dict(
+        data_path=str(data),
+        adapter_name="toy-cls",
+        task="classification",
+        base_model=str(base_model),
+        max_steps=20,
+        lr=3e-3,
+        batch_size=16,
+        max_length=32,
+        eval_fraction=0.25,
+        precision="fp32",
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
 def sft_cfg(tiny_models: dict[str, Path], data: Path, **kw: object) -> TrainConfig:
     base = dict(
         data_path=str(data),

@@ -100,23 +100,10 @@ def test_a_finished_sft_run_writes_its_card_with_base_vs_tuned_answers(
 def test_a_finished_classification_run_compares_zero_shot_with_the_tuned_label(
     tiny_models: dict[str, Path], tmp_path: Path, demoforge_home: Path
 ) -> None:
-    from core.config import LoraSettings, TrainConfig
     from core.train import runner
-    from tests.toy_data import write_cls
+    from tests.toy_data import cls_cfg, write_cls
 
-    cfg = TrainConfig(
-        data_path=str(write_cls(tmp_path / "c.csv", n=80)),
-        adapter_name="toy-cls",
-        task="classification",
-        base_model=str(tiny_models["bert"]),
-        max_steps=20,
-        lr=3e-3,
-        batch_size=16,
-        max_length=32,
-        eval_fraction=0.25,
-        precision="fp32",
-        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
-    )
+    cfg = cls_cfg(tiny_models["bert"], write_cls(tmp_path / "c.csv", n=80))
     result = runner.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
     rows = _held_out_rows((result.adapter_dir / "run_card.html").read_text(encoding="utf-8"))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import ConfigError, LoraSettings, TrainConfig
+from core.config import ConfigError, TrainConfig
 from core.pooling import MEAN_POOLING_HOWTO, MeanPooler, declared_pooling, pick_pooling, pooling_of, use_mean_pooling
-from tests.toy_data import write_cls
+from tests.toy_data import cls_cfg, write_cls
 
 
 @pytest.fixture
@@ -103,19 +103,7 @@ def test_mean_pooled_run_records_it_and_every_loader_reads_it(
     from core.export import merge
     from core.train import runner as train
 
-    cfg = TrainConfig(
-        data_path=str(write_cls(tmp_path / "c.csv", n=160)),
-        adapter_name="mean-cls",
-        task="classification",
-        base_model=str(st_bert),
-        max_steps=60,
-        lr=3e-3,
-        batch_size=16,
-        max_length=32,
-        eval_fraction=0.25,
-        precision="fp32",
-        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
-    )
+    cfg = cls_cfg(st_bert, write_cls(tmp_path / "c.csv", n=160), adapter_name="mean-cls", max_steps=60)
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
     card = json.loads((result.adapter_dir / "adapter_card.json").read_text())

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from core.config import ConfigError, LoraSettings, TrainConfig
 from core.train.plan import MAX_EVALS
-from tests.toy_data import sft_cfg, write_cls, write_sft
+from tests.toy_data import cls_cfg, sft_cfg, write_cls, write_sft
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -266,20 +266,7 @@ def test_classification_run_trains_head_and_labels_in_card(
     # lr 3e-3 for 300 steps on 320 rows reached macro-F1 >= 0.975 for 8 seeds x {fp32, bf16} x {AVX-512/AMX, AVX2}
     # kernels; the earlier lr 1e-2 x 120 steps sat on a cliff (0.66-1.0 across seeds, 0.87 on an AMD EPYC). A run
     # that learns nothing scores ~0.33-0.5, so 0.9 still catches a broken trainer with a margin for any CPU's rounding.
-    cfg = TrainConfig(
-        data_path=str(write_cls(tmp_path / "c.csv", n=320)),
-        adapter_name="toy-cls",
-        task="classification",
-        base_model=str(tiny_models["bert"]),
-        max_steps=300,
-        lr=3e-3,
-        batch_size=16,
-        max_length=32,
-        eval_fraction=0.25,
-        eval_every=25,
-        precision="fp32",
-        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
-    )
+    cfg = cls_cfg(tiny_models["bert"], write_cls(tmp_path / "c.csv", n=320), max_steps=300, eval_every=25)
     result = train.run(cfg, tmp_path / "run")
     assert result.status == "finished", result.error
     assert result.metrics["best_macro_f1"] >= 0.9, result.metrics  # the shipped adapter is the best one
