@@ -180,6 +180,12 @@ def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
     return max(1, math.ceil(n_batches / grad_accum))
 
 
+def first_batches(batches: list[list[int]], total_steps: int, grad_accum: int) -> list[list[int]]:
+    """The micro-batches ``total_steps`` optimizer steps draw from the start of an epoch's ``batches``: with a total
+    shorter than the epoch (and ``longest_first``), the longest rows only."""
+    return batches[: max(1, total_steps * grad_accum)]
+
+
 def typical_batch(rows: list[dict[str, Any]], batches: list[list[int]]) -> list[int]:
     """The micro-batch whose padded size (rows x longest row) is closest to the mean: what a timing should use."""
     sizes = [len(b) * max(len(rows[i]["input_ids"]) for i in b) for b in batches]

@@ -26,6 +26,7 @@ from core.train.batches import (
     collate_for,
     count_targets,
     epoch_batches,
+    first_batches,
     loss_sum,
     to_device,
     typical_batch,
@@ -147,9 +148,12 @@ def train_step(
 
 def measure_step(ctx: RunContext) -> float:
     """Seconds per optimizer step: a timed forward+backward of a typical micro-batch (after one warm-up), times the
-    accumulation, without touching the weights (the loss is scaled to zero and the gradients dropped)."""
+    accumulation, without touching the weights (the loss is scaled to zero and the gradients dropped).
+
+    The batch is typical of those the current total will train on: a total shorter than an epoch trains on the
+    longest rows (``epoch_batches``), whose steps are slower than the epoch's average."""
     acc, cfg, rows = ctx.accelerator, ctx.cfg, ctx.data.train_rows
-    chosen = typical_batch(rows, ctx.batches_for(0))
+    chosen = typical_batch(rows, first_batches(ctx.batches_for(0), ctx.pos.total_steps, cfg.grad_accum))
     batch = to_device(ctx.collate([rows[i] for i in chosen], ctx.pad_id), acc.device)
     seconds = 0.0
     for _ in range(2):
@@ -195,6 +199,13 @@ def measure_save(ctx: RunContext) -> float:
     return ctx.agreed_max(time.monotonic() - t0)[0]
 
 
+STEP_WINDOW = 100
+"""Steps the running step time is averaged over. Classification batches are sorted by length, so one step takes
+0.6-1.6x another: over 20 steps the estimate swung by +-15% and a 5-minute SST-2 run re-planned ~150 times, moving
+its evaluation interval with it (3 of 5 evaluations ran). 100 steps still follow a machine that slows down within
+~20 s on that run."""
+
+
 # --- the loop --------------------------------------------------------------------------------------------------------
 
 
@@ -225,7 +236,7 @@ def run_steps(ctx: RunContext) -> str:
         pos.train_seconds += seconds
         pos.tokens_seen += tokens
         ctx.last_loss = loss
-        recent = (recent + [(seconds, tokens)])[-20:]
+        recent = (recent + [(seconds, tokens)])[-STEP_WINDOW:]
         ctx.costs.step_s = sum(s for s, _ in recent) / len(recent)
         if ctx.budget_s is not None and len(recent) >= 3:
             _replan(ctx, elapsed)

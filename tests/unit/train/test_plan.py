@@ -167,3 +167,38 @@ def test_replan_keeps_the_number_of_evaluations() -> None:
     assert elapsed + remaining_s(new, 5, faster, new) <= TARGET_SHARE * 60
     fixed = plan_budget(120, 10, Costs(1.0, 2.0, 0.5), cap_steps=1000, eval_rows=50, eval_every=10)
     assert fixed.evals is None and eval_interval(500, fixed.evals, fixed.eval_every) == 10
+
+
+def test_budget_plan_remeasures_the_step_until_the_total_settles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer steps train on longer rows (slower steps): the planner measures a step of the rows its total draws
+    and plans again, so the first plan's over-count never reaches the run."""
+    import time
+    from types import SimpleNamespace
+
+    from core.train import runner
+
+    def step_s(ctx: SimpleNamespace) -> float:
+        """Shaped like SST-2's: the fewer steps, the longer the rows they draw; a whole epoch (3,000) averages."""
+        return 0.2 * (1000 / min(ctx.pos.total_steps, 3000)) ** 0.3
+
+    monkeypatch.setattr(runner, "measure_step", step_s)
+    monkeypatch.setattr(runner, "measure_eval", lambda ctx: 1.0)
+    monkeypatch.setattr(runner, "measure_save", lambda ctx: 0.2)
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(time_budget_minutes=5, eval_every=None, checkpoint_every=None),
+        pos=SimpleNamespace(total_steps=10_000, eval_every=None, eval_rows=None, budget_limited=False),
+        costs=Costs(step_s=0.0),
+        data=SimpleNamespace(eval_rows=[{}] * 500),
+        cap_steps=10_000,
+        t_start=time.monotonic(),
+        agreed_max=lambda *v: list(v),
+        events=SimpleNamespace(log=lambda msg: None),
+    )
+    plan = runner._fit_budget(ctx)
+    total = ctx.pos.total_steps
+    assert plan["total_steps"] == total and ctx.costs.step_s == pytest.approx(step_s(ctx), rel=0.05)
+    one_shot = plan_budget(300, 0.0, Costs(step_s=0.2 / 3**0.3, eval_s=1.0, save_s=0.2), 10_000, 500).total_steps
+    assert total < 0.9 * one_shot  # the single plan from the epoch's average step would have over-counted
+    # the settled total fits the budget at the step time of the rows it draws (within the 3% it settles to)
+    needs = remaining_s(total, 0, Costs(step_s=step_s(ctx), eval_s=1.0, save_s=0.2), ctx.pos.eval_every)
+    assert 0.95 * TARGET_SHARE * 300 <= needs <= 1.03 * TARGET_SHARE * 300
