@@ -101,11 +101,14 @@ def table_frame(result: BatchResult, text_column: str, label_column: str | None)
 # --- one text ---------------------------------------------------------------------------------------------------
 
 
-def show_adapter(engine: Engine, method: str) -> dict[str, Any]:
-    """The adapter picker is shown (with fresh choices) for the fine-tuned method only."""
-    if method == "adapter":
-        return gr.update(visible=True, choices=adapter_names(engine))
-    return gr.update(visible=False)
+def show_adapter(engine: Engine, method: str, current: str | None = None) -> dict[str, Any]:
+    """The adapter picker is shown (with fresh choices) for the fine-tuned method only, with an adapter picked: the
+    one already chosen while it still exists, else the newest (an empty picker read as 'no adapters here')."""
+    if method != "adapter":
+        return gr.update(visible=False)
+    names = adapter_names(engine)
+    value = current if current in names else (names[0] if names else None)
+    return gr.update(visible=True, choices=names, value=value)
 
 
 @shows_errors("classifying the text", duration=10)

@@ -199,7 +199,9 @@ def build_classify_tab(engine: Engine) -> ClassifyTab:
 
 
 def _wire(engine: Engine, tab: ClassifyTab) -> None:
-    tab.method.change(partial(run.show_adapter, engine), [tab.method], [tab.adapter], queue=False, **PRIVATE)
+    tab.method.change(
+        partial(run.show_adapter, engine), [tab.method, tab.adapter], [tab.adapter], queue=False, **PRIVATE
+    )
 
     # --- one text
     last_note = gr.State("")

@@ -112,6 +112,10 @@ def test_use_in_classify_from_the_library(app_url: str) -> None:
         page.locator("#df-lib-use-classify").click()
         # The Classify tab opens with the fine-tuned method and the adapter picked.
         page.locator("#df-cls-adapter input").wait_for(state="visible", timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-adapter input')?.value === 'ticket-lora'", timeout=30_000
+        )
+        page.wait_for_timeout(1000)  # the method's change event has run too: the pick stays
         assert page.locator("#df-cls-adapter input").input_value() == "ticket-lora"
         assert page.get_by_role("radio", name="Fine-tuned adapter").is_checked()
         page.locator("#df-cls-text textarea").fill("The export button crashes the app")
@@ -184,3 +188,27 @@ def test_finetune_on_corrections_shows_progress_here_and_in_the_finetune_tab(app
         )
         table = page.locator("#df-cls-comparison").inner_text()
         assert "zero-shot" in table and "fine-tuned" in table
+
+
+def test_choosing_the_fine_tuned_method_picks_an_adapter(app_url: str) -> None:
+    """The picker comes up with the newest adapter chosen: an empty one read as 'there are no adapters'."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app_url, wait_until="load")
+        page.wait_for_selector("#df-msg textarea", timeout=60_000)
+        page.get_by_role("tab", name="Classify").click()
+        page.get_by_role("radio", name="Fine-tuned adapter").check()
+        page.locator("#df-cls-adapter input").wait_for(state="visible", timeout=30_000)
+        # the newest adapter: ticket-lora, or one the module's other tests trained since
+        page.wait_for_function("() => document.querySelector('#df-cls-adapter input')?.value", timeout=30_000)
+        picked = page.locator("#df-cls-adapter input").input_value()
+        page.locator("#df-cls-text textarea").fill("The export button crashes the app")
+        page.locator("#df-cls-run").click()
+        page.wait_for_function(
+            "() => document.querySelector('#df-cls-info').innerText.includes('explanation')", timeout=60_000
+        )
+        assert f"fine-tuned · {picked}" in page.locator("#df-cls-info").inner_text()
+        browser.close()
