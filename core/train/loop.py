@@ -67,6 +67,8 @@ class RunContext:
     """The steps epochs/max_steps ask for: a re-plan never goes beyond them."""
     evals: int | None = None
     """Evaluations a time budget spread over the run; a re-plan keeps their number (None: a fixed interval)."""
+    step_timings: dict[tuple[int, ...], float] = field(default_factory=dict)
+    """Measured seconds per step by timed micro-batch: a plan round that times the same batch again reuses it."""
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_eval_step: int | None = None
     last_loss: float | None = None
@@ -153,7 +155,15 @@ def measure_step(ctx: RunContext) -> float:
     The batch is typical of those the current total will train on: a total shorter than an epoch trains on the
     longest rows (``epoch_batches``), whose steps are slower than the epoch's average."""
     acc, cfg, rows = ctx.accelerator, ctx.cfg, ctx.data.train_rows
-    chosen = typical_batch(rows, first_batches(ctx.batches_for(0), ctx.pos.total_steps, cfg.grad_accum))
+    batches = ctx.batches_for(0)
+    if cfg.task == "classification":  # the longest rows first when the total is shorter than the epoch
+        batches = first_batches(batches, ctx.pos.total_steps, cfg.grad_accum)
+    chosen = typical_batch(rows, batches)
+    # a batch timed before (chat runs draw alike whatever the total) is reused when every process has its timing:
+    # the decision is collective, as the timing's own reduction is
+    (missing,) = ctx.agreed_max(float(tuple(chosen) not in ctx.step_timings))
+    if not missing:
+        return ctx.agreed_max(ctx.step_timings[tuple(chosen)])[0]
     batch = to_device(ctx.collate([rows[i] for i in chosen], ctx.pad_id), acc.device)
     seconds = 0.0
     for _ in range(2):
@@ -162,7 +172,9 @@ def measure_step(ctx: RunContext) -> float:
             acc.backward(loss_sum(ctx.model, batch, cfg.task) * 0.0)
         seconds = time.monotonic() - t0
     ctx.optimizer.zero_grad(set_to_none=True)
-    return ctx.agreed_max(seconds * cfg.grad_accum * 1.05)[0]  # +5% for the optimizer, reductions and events
+    (step_s,) = ctx.agreed_max(seconds * cfg.grad_accum * 1.05)  # +5% for the optimizer, reductions and events
+    ctx.step_timings[tuple(chosen)] = step_s
+    return step_s
 
 
 @torch.no_grad()

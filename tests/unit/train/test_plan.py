@@ -202,3 +202,53 @@ def test_budget_plan_remeasures_the_step_until_the_total_settles(monkeypatch: py
     # the settled total fits the budget at the step time of the rows it draws (within the 3% it settles to)
     needs = remaining_s(total, 0, Costs(step_s=step_s(ctx), eval_s=1.0, save_s=0.2), ctx.pos.eval_every)
     assert 0.95 * TARGET_SHARE * 300 <= needs <= 1.03 * TARGET_SHARE * 300
+
+
+@pytest.mark.parametrize(("task", "timings"), [("classification", 2), ("sft", 1)])
+def test_a_plan_round_times_a_step_again_only_when_its_rows_change(
+    monkeypatch: pytest.MonkeyPatch, task: str, timings: int
+) -> None:
+    """Classification draws longer rows for a shorter total, so the step is timed again; a chat run draws the same
+    rows whatever its total, and a second timing of a 3.7 s step would eat a 1-minute budget."""
+    import contextlib
+    import random
+    from types import SimpleNamespace
+
+    from core.train import loop
+    from core.train.batches import epoch_batches
+
+    rnd = random.Random(0)
+    rows = [{"input_ids": [1] * rnd.randint(2, 60)} for _ in range(800)]
+    timed: list[int] = []
+
+    def fake_loss(model: object, batch: dict, task: str) -> torch.Tensor:
+        timed.append(len(batch["n"]))
+        return torch.zeros((), requires_grad=True)
+
+    monkeypatch.setattr(loop, "loss_sum", fake_loss)
+    acc = SimpleNamespace(
+        device="cpu",
+        no_sync=lambda m: contextlib.nullcontext(),
+        autocast=contextlib.nullcontext,
+        backward=lambda loss: None,
+    )
+    pos = SimpleNamespace(total_steps=100)  # an epoch of 100 batches of 8
+    ctx = SimpleNamespace(
+        accelerator=acc,
+        cfg=SimpleNamespace(task=task, grad_accum=1),
+        data=SimpleNamespace(train_rows=rows),
+        pos=pos,
+        batches_for=lambda epoch: epoch_batches(
+            rows, 8, 0, epoch, 0, 1, task == "classification", pos.total_steps * 8 if task == "classification" else None
+        ),
+        collate=lambda picked, pad: {"n": torch.zeros(len(picked))},
+        pad_id=0,
+        model=None,
+        optimizer=SimpleNamespace(zero_grad=lambda set_to_none: None),
+        agreed_max=lambda *v: list(v),
+        step_timings={},
+    )
+    loop.measure_step(ctx)
+    pos.total_steps = 20  # the plan's first round: a fifth of the epoch
+    loop.measure_step(ctx)
+    assert len(timed) == 2 * timings  # two passes (warm-up + timed) per timing
