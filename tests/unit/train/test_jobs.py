@@ -130,6 +130,57 @@ def test_partial_lines_and_recycled_pids(jm: JobManager, demoforge_home: Path) -
     assert str(demoforge_home) not in str(e.value)
 
 
+def test_status_parses_only_what_was_appended_and_keeps_attempts_apart(
+    jm: JobManager, demoforge_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Fine-tune page polls status() every second for the whole run: it must not parse the whole (growing)
+    events file each time. A resumed attempt's state comes from its own events only."""
+    import core.train.jobs as jobs_mod
+
+    run_dir = demoforge_home / "runs" / "20260101-000000-poll"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("data_path: d.jsonl\nadapter_name: poll\n")
+    first = [{"type": "start", "total_steps": 900}]
+    first += [{"type": "step", "step": i, "total_steps": 900, "loss": 1.0} for i in range(1, 501)]
+    first += [{"type": "end", "status": "stopped", "step": 500, "total_steps": 900}]
+    text = "".join(json.dumps(e) + "\n" for e in first)
+    (run_dir / "events.jsonl").write_text(text)
+    (run_dir / "worker.json").write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpid()}))
+    info = jm.status(run_dir.name)
+    assert (info.status, info.step, info.total_steps) == ("stopped", 500, 900)
+
+    # a resume: the new attempt starts at the file's current size; its end event is half written
+    (run_dir / "worker.json").write_text(
+        json.dumps({"pid": os.getpid(), "pgid": os.getpid(), "events_offset": len(text.encode())})
+    )
+    parsed: list[bytes] = []  # event lines (bytes); worker.json is read as text
+    real_loads = json.loads
+
+    def counting_loads(raw: str | bytes, *a: object, **k: object) -> object:
+        if isinstance(raw, bytes):
+            parsed.append(raw)
+        return real_loads(raw, *a, **k)
+
+    monkeypatch.setattr(jobs_mod.json, "loads", counting_loads)
+    with open(run_dir / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"type": "start", "total_steps": 900, "resumed_from_step": 500}) + "\n")
+        fh.write(json.dumps({"type": "step", "step": 501, "total_steps": 900}) + '\n{"type": "end", "sta')
+    info = jm.status(run_dir.name)
+    assert len(parsed) == 2  # the two new complete lines, not the 502 before them
+    assert (info.step, info.total_steps) == (501, 900)
+    assert info.status == "failed" and info.crashed  # this attempt has no end yet and no live worker
+    with open(run_dir / "events.jsonl", "a") as fh:
+        fh.write('tus": "finished", "step": 900, "total_steps": 900, "metrics": {"final_loss": 0.5}}\n')
+    info = jm.status(run_dir.name)
+    assert (info.status, info.step, info.metrics) == ("finished", 900, {"final_loss": 0.5})
+    assert len(parsed) == 3
+    # a replaced (shorter) file is read from its start
+    (run_dir / "events.jsonl").write_text(json.dumps({"type": "start", "total_steps": 7}) + "\n")
+    (run_dir / "worker.json").write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpid()}))
+    info = jm.status(run_dir.name)
+    assert (info.step, info.total_steps) == (None, 7)
+
+
 def test_stop_before_training_started_is_a_stop(jm: JobManager, tiny_models: dict[str, Path], tmp_path: Path) -> None:
     run_id = jm.start(sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), adapter_name="early"))
     info = jm.stop(run_id, grace_s=30)  # the worker is still importing torch: default SIGTERM kills it
