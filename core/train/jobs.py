@@ -71,28 +71,41 @@ class RunInfo:
 class _EventScan:
     """What status() needs from a run's ``events.jsonl``, kept between calls (:meth:`JobManager._scan`)."""
 
+    inode: int = 0
+    """The file it read: another file under the same name (replaced) is read from its start."""
     offset: int = 0
     """Bytes parsed: only complete lines, so a line being written is read on the next call."""
-    step: int | None = None
+    step: int = 0
     total_steps: int | None = None
     marks: list[tuple[int, dict[str, Any]]] = dataclasses.field(default_factory=list)
     """(byte offset of the line, event) of every start and end event: an attempt's own start from its offset."""
 
-    def take(self, chunk: bytes, at: int) -> None:
-        """Parse the complete lines of ``chunk``, which starts at byte ``at`` of the file."""
-        end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].split(b"\n")[:-1]:
-            with contextlib.suppress(json.JSONDecodeError):
-                e = json.loads(line)
-                kind = e.get("type") if isinstance(e, dict) else None
-                if kind in ("step", "end") and e.get("step") is not None:
-                    self.step, self.total_steps = e["step"], e.get("total_steps", self.total_steps)
-                elif kind == "start":
-                    self.total_steps = e.get("total_steps")
-                if kind in ("start", "end"):
-                    self.marks.append((at, e))
-            at += len(line) + 1
-        self.offset += end
+    def take(self, chunk: bytes) -> None:
+        """Parse the complete lines of ``chunk``, read from :attr:`offset` on."""
+        for line in chunk[: chunk.rfind(b"\n") + 1].split(b"\n")[:-1]:
+            at, e = self.offset, _parse(line)
+            if e is None and line.rfind(b'{"type"') > 0:
+                # a worker killed mid-line leaves half an event; the next attempt's first event follows it on
+                # the same line (the attempt's events_offset points at it)
+                cut = line.rfind(b'{"type"')
+                at, e = at + cut, _parse(line[cut:])
+            self.offset += len(line) + 1
+            kind = e.get("type") if e is not None else None
+            if kind in ("step", "end") and e.get("step") is not None:
+                self.step, self.total_steps = e["step"], e.get("total_steps", self.total_steps)
+            elif kind == "start":
+                self.total_steps = e.get("total_steps")
+            if kind in ("start", "end"):
+                self.marks.append((at, e))
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """One event, or None for a line that is not one (half written, not UTF-8, not an object)."""
+    try:
+        e = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return e if isinstance(e, dict) else None
 
 
 class JobManager:
@@ -262,16 +275,16 @@ class JobManager:
         """Current state from the run folder: the last end event of the latest attempt wins; no end event and no
         live worker = crashed, unless a stop was asked for before training started (then it was stopped)."""
         run_dir = self._dir(run_id)
-        scan = self._scan(run_id, run_dir / "events.jsonl")
+        step, total_steps, marks = self._scan(run_id, run_dir / "events.jsonl")
         worker = self._worker(run_dir) or {}
         info = RunInfo(run_id, run_dir, "starting", pid=self._pid(run_dir))
         with contextlib.suppress(Exception):
             cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
             info.task = cfg.task
             info.adapter_name = store.safe_name(cfg.adapter_name)  # the name it is listed under once saved
-        info.step, info.total_steps = scan.step, scan.total_steps
+        info.step, info.total_steps = step, total_steps
         # Only this attempt's events decide its state: a resumed run's earlier end event is history.
-        attempt = [e for at, e in scan.marks if at >= int(worker.get("events_offset", 0))]
+        attempt = [e for at, e in marks if at >= int(worker.get("events_offset", 0))]
         started = any(e.get("type") == "start" for e in attempt)
         end = next((e for e in reversed(attempt) if e.get("type") == "end"), None)
         alive = self._alive(run_id, run_dir)
@@ -294,20 +307,22 @@ class JobManager:
             info.error = store.redact_paths(info.error, self.home)
         return info
 
-    def _scan(self, run_id: str, path: Path) -> _EventScan:
-        """The run's events read so far, brought up to date: only the lines appended since the last call are
-        parsed. status() is polled every second by every open Fine-tune page; parsing the whole file each time
-        cost ~10 ms per poll after 1,000 steps and grew with the run, on the cores the run trains on."""
+    def _scan(self, run_id: str, path: Path) -> tuple[int, int | None, list[tuple[int, dict[str, Any]]]]:
+        """(step, total steps, start/end marks) of the run's events, brought up to date: only the lines appended
+        since the last call are parsed. status() is polled every second by every open Fine-tune page; parsing the
+        whole file each time cost ~10 ms per poll after 1,000 steps and grew with the run, on the cores the run
+        trains on. Returns a snapshot taken under the lock."""
         with self._scan_lock:
+            stat = path.stat() if path.is_file() else None
+            size, inode = (stat.st_size, stat.st_ino) if stat else (0, 0)
             scan = self._scans.get(run_id)
-            size = path.stat().st_size if path.is_file() else 0
-            if scan is None or size < scan.offset:  # new, or a shorter (replaced) file: from the start
-                scan = self._scans[run_id] = _EventScan()
+            if scan is None or size < scan.offset or inode != scan.inode:  # new, or another file: from the start
+                scan = self._scans[run_id] = _EventScan(inode=inode)
             if size > scan.offset:
                 with open(path, "rb") as fh:
                     fh.seek(scan.offset)
-                    scan.take(fh.read(), scan.offset)
-            return scan
+                    scan.take(fh.read())
+            return scan.step, scan.total_steps, list(scan.marks)
 
     def list_runs(self) -> list[RunInfo]:
         """All runs, newest first."""

@@ -163,7 +163,7 @@ def measure_step(ctx: RunContext) -> float:
     # the decision is collective, as the timing's own reduction is
     (missing,) = ctx.agreed_max(float(tuple(chosen) not in ctx.step_timings))
     if not missing:
-        return ctx.agreed_max(ctx.step_timings[tuple(chosen)])[0]
+        return ctx.agreed_max(ctx.step_timings[tuple(chosen)])[0]  # each process keeps its own timing
     batch = to_device(ctx.collate([rows[i] for i in chosen], ctx.pad_id), acc.device)
     seconds = 0.0
     for _ in range(2):
@@ -172,9 +172,8 @@ def measure_step(ctx: RunContext) -> float:
             acc.backward(loss_sum(ctx.model, batch, cfg.task) * 0.0)
         seconds = time.monotonic() - t0
     ctx.optimizer.zero_grad(set_to_none=True)
-    (step_s,) = ctx.agreed_max(seconds * cfg.grad_accum * 1.05)  # +5% for the optimizer, reductions and events
-    ctx.step_timings[tuple(chosen)] = step_s
-    return step_s
+    ctx.step_timings[tuple(chosen)] = seconds * cfg.grad_accum * 1.05  # +5% for the optimizer, reductions, events
+    return ctx.agreed_max(ctx.step_timings[tuple(chosen)])[0]
 
 
 @torch.no_grad()
@@ -211,11 +210,23 @@ def measure_save(ctx: RunContext) -> float:
     return ctx.agreed_max(time.monotonic() - t0)[0]
 
 
-STEP_WINDOW = 100
-"""Steps the running step time is averaged over. Classification batches are sorted by length, so one step takes
-0.6-1.6x another: over 20 steps the estimate swung by +-15% and a 5-minute SST-2 run re-planned ~150 times, moving
-its evaluation interval with it (3 of 5 evaluations ran). 100 steps still follow a machine that slows down within
-~20 s on that run."""
+STEP_WINDOW = (20, 100)
+"""Fewest and most recent steps the running step time is averaged over, as many as fill :data:`STEP_WINDOW_S`.
+Classification batches are sorted by length, so one step takes 0.6-1.6x another: over 20 steps the estimate swung
+by +-15% and a 5-minute SST-2 run re-planned ~150 times, moving its evaluation interval with it (3 of 5
+evaluations ran); 100 of its 0.2 s steps re-planned 21 times. A chat run's 3.7 s steps keep 20 (74 s), so a
+machine that slows down is still noticed within a short budget."""
+STEP_WINDOW_S = 20.0
+"""Seconds of recent steps the running step time should cover."""
+
+
+def recent_step_s(recent: list[tuple[float, int]]) -> float:
+    """The running seconds per step: the mean of the last :data:`STEP_WINDOW` steps covering ~STEP_WINDOW_S."""
+    fewest, most = STEP_WINDOW
+    mean = sum(s for s, _ in recent) / len(recent)
+    n = max(fewest, min(most, round(STEP_WINDOW_S / max(mean, 1e-9))))
+    window = recent[-n:]
+    return sum(s for s, _ in window) / len(window)
 
 
 # --- the loop --------------------------------------------------------------------------------------------------------
@@ -248,8 +259,8 @@ def run_steps(ctx: RunContext) -> str:
         pos.train_seconds += seconds
         pos.tokens_seen += tokens
         ctx.last_loss = loss
-        recent = (recent + [(seconds, tokens)])[-STEP_WINDOW:]
-        ctx.costs.step_s = sum(s for s, _ in recent) / len(recent)
+        recent = (recent + [(seconds, tokens)])[-STEP_WINDOW[1] :]
+        ctx.costs.step_s = recent_step_s(recent)
         if ctx.budget_s is not None and len(recent) >= 3:
             _replan(ctx, elapsed)
         ctx.events.emit(

@@ -1,7 +1,8 @@
 """Planning a run: the learning-rate schedule, and fitting a time budget from measured costs.
 
-Pure arithmetic (no torch), so it is tested directly. A time-boxed run is planned once, after start-up, from the
-measured seconds of a step, an evaluation and a save; while it runs, :func:`replan` corrects the total when the
+Pure arithmetic (no torch), so it is tested directly. A time-boxed run is planned after start-up from the
+measured seconds of a step, an evaluation and a save (a few rounds when a shorter total draws longer rows: see
+core.train.runner._fit_budget); while it runs, :func:`replan` corrects the total when the
 steps turn out slower or faster than measured, and the schedule always ends at the new total, so the learning rate
 reaches its end value instead of being cut off mid-decay.
 """

@@ -228,11 +228,11 @@ def _fit_budget(ctx: RunContext) -> dict[str, Any]:
     costs.eval_s, costs.save_s = measure_eval(ctx), measure_save(ctx)
     costs.checkpoint_s = 3 * costs.save_s  # adapter + optimizer moments (twice the adapter's size)
     n_eval = len(ctx.data.eval_rows)
-    for _ in range(PLAN_ROUNDS):
+    for round_ in range(PLAN_ROUNDS):
         (elapsed,) = ctx.agreed_max(time.monotonic() - ctx.t_start)
         fit = plan_budget(budget_s, elapsed, costs, ctx.cap_steps, n_eval, cfg.eval_every, cfg.checkpoint_every)
-        if abs(fit.total_steps - pos.total_steps) <= PLAN_SETTLED * pos.total_steps:
-            break
+        if abs(fit.total_steps - pos.total_steps) <= PLAN_SETTLED * pos.total_steps or round_ == PLAN_ROUNDS - 1:
+            break  # (the last round plans with what it has: a timing after it would go unused)
         # a shorter total trains on longer rows (classification: the longest first), so its steps are slower:
         # measure a step of the rows this total draws, and plan again
         pos.total_steps = fit.total_steps

@@ -192,13 +192,7 @@ def test_finetune_on_corrections_shows_progress_here_and_in_the_finetune_tab(app
 
 def test_choosing_the_fine_tuned_method_picks_an_adapter(app_url: str) -> None:
     """The picker comes up with the newest adapter chosen: an empty one read as 'there are no adapters'."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(app_url, wait_until="load")
-        page.wait_for_selector("#df-msg textarea", timeout=60_000)
+    with browser_page(app_url) as page:
         page.get_by_role("tab", name="Classify").click()
         page.get_by_role("radio", name="Fine-tuned adapter").check()
         page.locator("#df-cls-adapter input").wait_for(state="visible", timeout=30_000)
@@ -211,4 +205,3 @@ def test_choosing_the_fine_tuned_method_picks_an_adapter(app_url: str) -> None:
             "() => document.querySelector('#df-cls-info').innerText.includes('explanation')", timeout=60_000
         )
         assert f"fine-tuned · {picked}" in page.locator("#df-cls-info").inner_text()
-        browser.close()

@@ -235,3 +235,23 @@ def test_finetune_from_corrections_starts_a_run_shown_here(server: dict, client:
     assert engine.training.active() is None
     with pytest.raises(AppError, match="no usable characters"):  # a user error, not 'something went wrong'
         client.predict(table, "///", 0.5, api_name="/finetune_from_corrections")
+
+
+def test_the_fine_tuned_method_comes_up_with_an_adapter_picked() -> None:
+    """Keeps the adapter chosen while it exists, else the newest; none when the library has none; hidden otherwise."""
+    from types import SimpleNamespace
+
+    from demo import classify_run
+
+    def engine(*names: str) -> SimpleNamespace:  # the library lists newest first
+        listing = [SimpleNamespace(name=n) for n in names]
+        return SimpleNamespace(library=SimpleNamespace(list=lambda task: listing))
+
+    both = engine("newest", "older")
+    assert classify_run.show_adapter(both, "adapter", "older") == {
+        "__type__": "update", "visible": True, "choices": ["newest", "older"], "value": "older"
+    }  # fmt: skip
+    assert classify_run.show_adapter(both, "adapter", None)["value"] == "newest"
+    assert classify_run.show_adapter(both, "adapter", "deleted-one")["value"] == "newest"
+    assert classify_run.show_adapter(engine(), "adapter", None)["value"] is None
+    assert classify_run.show_adapter(both, "embedding", "older") == {"__type__": "update", "visible": False}

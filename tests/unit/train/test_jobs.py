@@ -17,7 +17,7 @@ from core import store
 from core.config import ConfigError, TrainConfig
 from core.data import MIB, DataError, load_data
 from core.errors import AdapterError
-from core.train.jobs import REPO_ROOT, JobBusyError, JobError, JobManager, new_run_id
+from core.train.jobs import REPO_ROOT, STOP_FILE, JobBusyError, JobError, JobManager, new_run_id
 from core.train.service import Training
 from tests.toy_data import sft_cfg, write_cls, write_sft
 
@@ -178,7 +178,28 @@ def test_status_parses_only_what_was_appended_and_keeps_attempts_apart(
     (run_dir / "events.jsonl").write_text(json.dumps({"type": "start", "total_steps": 7}) + "\n")
     (run_dir / "worker.json").write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpid()}))
     info = jm.status(run_dir.name)
-    assert (info.step, info.total_steps) == (None, 7)
+    assert (info.step, info.total_steps) == (0, 7)  # no step yet: 0, as the progress bar divides by it
+
+
+def test_an_attempt_after_a_half_written_line_is_still_found(jm: JobManager, demoforge_home: Path) -> None:
+    """A worker killed mid-line leaves half an event; the resumed attempt's start follows on the same line, and
+    an undecodable line is skipped, not re-read forever."""
+    run_dir = demoforge_home / "runs" / "20260101-000000-glued"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("data_path: d.jsonl\nadapter_name: glued\n")
+    head = b'{"type": "start", "total_steps": 9}\n\xff\xfe not utf-8\n{"type": "step", "st'
+    (run_dir / "events.jsonl").write_bytes(head)
+    me = {"pid": os.getpid(), "pgid": os.getpid()}
+    (run_dir / "worker.json").write_text(json.dumps(me | {"events_offset": len(head)}))
+    with open(run_dir / "events.jsonl", "ab") as fh:
+        fh.write(b'{"type": "start", "total_steps": 9, "resumed_from_step": 0}\n')
+        fh.write(b'{"type": "step", "step": 3, "total_steps": 9}\n')
+    (run_dir / STOP_FILE).touch()  # a stop was asked for, but this attempt had started: its death is a crash
+    info = jm.status(run_dir.name)
+    assert (info.status, info.crashed, info.step, info.total_steps) == ("failed", True, 3, 9), info
+    with open(run_dir / "events.jsonl", "ab") as fh:
+        fh.write(b'{"type": "end", "status": "finished", "step": 9, "total_steps": 9}\n')
+    assert jm.status(run_dir.name).status == "finished"
 
 
 def test_stop_before_training_started_is_a_stop(jm: JobManager, tiny_models: dict[str, Path], tmp_path: Path) -> None:
