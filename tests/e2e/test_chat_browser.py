@@ -96,8 +96,20 @@ def _error_badges(page) -> int:
 
 
 def _pick(page, dropdown: str, option: str) -> None:
-    page.locator(f"{dropdown} input").click()
-    page.locator(f'[role="option"][aria-label="{option}"]').first.click()
+    """Open the dropdown and choose ``option``. A choices update arriving just after the click re-renders the
+    dropdown closed (seen once on a loaded CI machine right after a rename), so a list that shows no such option
+    is opened again, as a user would."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        page.locator(f"{dropdown} input").click()
+        try:
+            page.locator(f'[role="option"][aria-label="{option}"]').first.click(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
 
 
 def _set_number(page, label: str, value: float) -> None:
