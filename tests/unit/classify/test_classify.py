@@ -229,25 +229,23 @@ def test_loads_an_adapter_written_by_the_trainer(
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from core.config import LoraSettings, TrainConfig
+    from core.config import LoraSettings
     from core.train import runner as train
+    from tests.toy_data import cls_cfg
 
     rows = ["text,label"] + [
         f"the movie was {w},{'positive' if w in ('good', 'great') else 'negative'}"
         for w in ("good", "bad", "great", "awful") * 10
     ]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = TrainConfig(
-        data_path=str(tmp_path / "d.csv"),
-        adapter_name="toy-cls",
-        task="classification",
-        base_model=str(tiny_models["bert"]),
+    cfg = cls_cfg(
+        tiny_models["bert"],
+        tmp_path / "d.csv",
         max_steps=10,
         lr=1e-2,
         batch_size=8,
         max_length=16,
         eval_fraction=0.2,
-        precision="fp32",
         lora=LoraSettings(r=4, alpha=8, dropout=0.0),
     )
     result = train.run(cfg, tmp_path / "run")

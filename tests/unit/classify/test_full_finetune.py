@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from core.classify.classifiers import FineTunedClassifier
 from core.config import FULL_FINETUNE_LR, TASK_DEFAULTS, ConfigError, LoraSettings, TrainConfig
+from tests.toy_data import cls_cfg
 
 
 def test_full_finetune_config_rules() -> None:
@@ -38,18 +39,16 @@ def test_full_finetune_trains_every_encoder_weight_and_reloads(
         for w in ("good", "bad", "great", "awful") * 10
     ]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = TrainConfig(
-        data_path=str(tmp_path / "d.csv"),
+    cfg = cls_cfg(
+        tiny_models["bert"],
+        tmp_path / "d.csv",
         adapter_name="toy-full",
-        task="classification",
-        base_model=str(tiny_models["bert"]),
         full_finetune=True,
         max_steps=6,
         lr=1e-2,
         batch_size=8,
         max_length=16,
         eval_fraction=0.2,
-        precision="fp32",
         lora=LoraSettings(r=4, alpha=8, dropout=0.0),
     )
     model = tl.build_model(cfg, str(tiny_models["bert"]), ["negative", "positive"], 0)
