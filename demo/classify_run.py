@@ -101,14 +101,23 @@ def table_frame(result: BatchResult, text_column: str, label_column: str | None)
 # --- one text ---------------------------------------------------------------------------------------------------
 
 
+ADAPTER_INFO = "Classification adapters from the library (labels come from the adapter)."
+NO_ADAPTER_INFO = (
+    "No classification adapter yet: fine-tune one in the Fine-tune tab (task: classification), or score a "
+    'file below and press "Fine-tune on these rows".'
+)
+
+
 def show_adapter(engine: Engine, method: str, current: str | None = None) -> dict[str, Any]:
     """The adapter picker is shown (with fresh choices) for the fine-tuned method only, with an adapter picked: the
-    one already chosen while it still exists, else the newest (an empty picker read as 'no adapters here')."""
+    one already chosen while it still exists, else the newest (an empty picker read as 'no adapters here'). With
+    none in the library its hint says how to make one."""
     if method != "adapter":
         return gr.update(visible=False)
     names = adapter_names(engine)
     value = current if current in names else (names[0] if names else None)
-    return gr.update(visible=True, choices=names, value=value)
+    info = ADAPTER_INFO if names else NO_ADAPTER_INFO
+    return gr.update(visible=True, choices=names, value=value, info=info)
 
 
 @shows_errors("classifying the text", duration=10)

@@ -91,7 +91,7 @@ def build_classify_tab(engine: Engine) -> ClassifyTab:
                     allow_custom_value=True,
                     visible=False,
                     elem_id="df-cls-adapter",
-                    info="Classification adapters from the library (labels come from the adapter).",
+                    info=run.ADAPTER_INFO,
                 )
             run_btn = gr.Button("Classify", variant="primary", elem_id="df-cls-run")
             examples = run.example_texts()

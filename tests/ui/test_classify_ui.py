@@ -249,9 +249,11 @@ def test_the_fine_tuned_method_comes_up_with_an_adapter_picked() -> None:
 
     both = engine("newest", "older")
     assert classify_run.show_adapter(both, "adapter", "older") == {
-        "__type__": "update", "visible": True, "choices": ["newest", "older"], "value": "older"
+        "__type__": "update", "visible": True, "choices": ["newest", "older"], "value": "older",
+        "info": classify_run.ADAPTER_INFO,
     }  # fmt: skip
     assert classify_run.show_adapter(both, "adapter", None)["value"] == "newest"
     assert classify_run.show_adapter(both, "adapter", "deleted-one")["value"] == "newest"
-    assert classify_run.show_adapter(engine(), "adapter", None)["value"] is None
+    empty = classify_run.show_adapter(engine(), "adapter", None)
+    assert empty["value"] is None and "Fine-tune tab" in empty["info"]  # says how to get one, not just blank
     assert classify_run.show_adapter(both, "embedding", "older") == {"__type__": "update", "visible": False}
