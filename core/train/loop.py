@@ -220,13 +220,25 @@ STEP_WINDOW_S = 20.0
 """Seconds of recent steps the running step time should cover."""
 
 
-def recent_step_s(recent: list[tuple[float, int]]) -> float:
-    """The running seconds per step: the mean of the last :data:`STEP_WINDOW` steps covering ~STEP_WINDOW_S."""
+def recent_window(recent: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """The last :data:`STEP_WINDOW` (seconds, tokens) steps covering ~STEP_WINDOW_S."""
     fewest, most = STEP_WINDOW
     mean = sum(s for s, _ in recent) / len(recent)
     n = max(fewest, min(most, round(STEP_WINDOW_S / max(mean, 1e-9))))
-    window = recent[-n:]
+    return recent[-n:]
+
+
+def recent_step_s(recent: list[tuple[float, int]]) -> float:
+    """The running seconds per step: the mean over :func:`recent_window`."""
+    window = recent_window(recent)
     return sum(s for s, _ in window) / len(window)
+
+
+def recent_tokens_per_s(recent: list[tuple[float, int]]) -> float:
+    """Tokens per second over the same window as the step time, so the shown speed reacts as fast as the plan
+    (over the last 100 steps a chat run's figure lagged ~6 minutes behind a machine that slowed down)."""
+    window = recent_window(recent)
+    return sum(t for _, t in window) / max(sum(s for s, _ in window), 1e-9)
 
 
 # --- the loop --------------------------------------------------------------------------------------------------------
@@ -270,7 +282,7 @@ def run_steps(ctx: RunContext) -> str:
             epoch=round(pos.epoch + pos.batch_index / len(batches), 4),
             loss=loss,
             lr=ctx.scheduler.get_last_lr()[0],
-            tokens_per_s=sum(t for _, t in recent) / max(sum(s for s, _ in recent), 1e-9),
+            tokens_per_s=recent_tokens_per_s(recent),
             eta_s=round(ctx.eta_s(), 1),
         )
         if stop > 0:

@@ -105,3 +105,13 @@ def test_the_running_step_time_covers_about_twenty_seconds_of_steps() -> None:
     assert recent_step_s(slowed) == pytest.approx(7.4)  # 20 steps: the old speed is already forgotten
     quick_then_slow = [(0.1, 0)] * 80 + [(0.2, 0)] * 20
     assert recent_step_s(quick_then_slow) == pytest.approx(0.12)  # 0.1 s steps: all 100 fit in 20 s
+
+
+def test_the_shown_tokens_per_s_follows_the_same_window_as_the_step_time() -> None:
+    """A chat run whose steps halved in speed 20 steps ago shows the new speed, not a 100-step average."""
+    from core.train.loop import recent_tokens_per_s
+
+    slowed = [(3.7, 1000)] * 80 + [(7.4, 1000)] * 20
+    assert recent_tokens_per_s(slowed) == pytest.approx(1000 / 7.4)
+    sst2 = [(0.2, 400)] * 100  # short steps: all 100 count
+    assert recent_tokens_per_s(sst2) == pytest.approx(2000)
