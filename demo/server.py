@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -26,8 +27,9 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
 
-from core import zerogpu
+from core import store, zerogpu
 from core.arena import VoteStore
 from core.auth import LoginThrottle
 from core.config import AppConfig, ConfigError
@@ -86,17 +88,43 @@ def add_login_throttle(app: FastAPI, throttle: LoginThrottle) -> None:
 
 _API_CALL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:call|run)/(?P<name>[^/]+)/?$")
 _QUEUE_JOIN = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/queue/join/?$")
+_UPLOAD = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/upload/?$")
+NO_FILES = "This demo takes no files: send text only."
+_CANCEL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/cancel/?$")
 UNKNOWN_ACTION = (
     "This app has no action {name!r}. Only the demo's builder can use the builder's actions: sign in as builder "
     "(at /builder)."
 )
 
 
-def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks]) -> None:
+def _carries_file(body: bytes) -> bool:
+    """Whether a call's JSON body holds a Gradio file reference (``{"meta": {"_type": "gradio.FileData"}, ...}``,
+    what Gradio copies into its cache); a message that merely mentions the words is not one."""
+    if b"gradio.FileData" not in body:
+        return False
+    try:
+        stack: list[Any] = [json.loads(body)]
+    except ValueError:
+        return False
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            meta = item.get("meta")
+            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: frozenset[str] = frozenset()) -> None:
     """Answer a call to an api_name or fn_index that a mounted app lacks with a 404 in words (Gradio answers a bare
     500, or drops the connection).
 
-    ``mounted`` maps a mount prefix ('' for /, '/builder', '/audience') to the Blocks mounted there.
+    ``mounted`` maps a mount prefix ('' for /, '/builder', '/audience') to the Blocks mounted there. The apps at
+    ``fileless`` prefixes (the audience's: no component takes a file) refuse uploads and any call that carries a
+    file, so a visitor can neither fill the server's disk through Gradio's upload route nor hand a handler a file.
     """
     names = {prefix: {fn.api_name for fn in b.fns.values() if fn.api_name} for prefix, b in mounted.items()}
     indices = {prefix: set(b.fns) for prefix, b in mounted.items()}
@@ -107,7 +135,14 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks]) -> None:
             return await call_next(request)
         path = request.url.path
         unknown: str | None = None
+        upload = _UPLOAD.match(path)
         api_call = _API_CALL.match(path)
+        call = api_call or _QUEUE_JOIN.match(path)
+        if (upload and (upload.group("prefix") or "") in fileless) or (
+            call and (call.group("prefix") or "") in fileless and _carries_file(await request.body())
+        ):
+            await request.body()  # drain it (see below)
+            return JSONResponse({"detail": NO_FILES}, status_code=400)
         if api_call and api_call.group("name") != "predict":
             if api_call.group("name") not in names.get(api_call.group("prefix") or "", set()):
                 unknown = api_call.group("name")
@@ -123,6 +158,44 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks]) -> None:
             return await call_next(request)
         await request.body()  # drain it: answering before reading resets a keep-alive connection
         return JSONResponse({"detail": UNKNOWN_ACTION.format(name=unknown)}, status_code=404)
+
+
+def builder_output_dirs(engine: Any) -> list[str]:
+    """Where the builder's handlers write the files they return (scratch outputs, run cards, GGUF exports): the
+    only server folders Gradio may copy a returned file from besides its own cache (see :func:`enforce_file_checks`)."""
+    home = Path(getattr(engine, "home", None) or store.home())
+    return [str(home / "tmp"), str(home / "adapters"), str(home / "exports")]
+
+
+def enforce_file_checks(blocks: gr.Blocks) -> None:
+    """Turn on Gradio's check of the file paths a request carries (only files uploaded to its cache may come in).
+
+    Gradio runs that check only once ``has_launched`` is set, which ``launch()`` does and ``mount_gradio_app``
+    (used here, to serve two apps on one server) does not. Without it a visitor could put any server path in a
+    chat message's file part: ``/etc/passwd`` was copied into the served cache, and ``/dev/zero`` was hashed on
+    the event loop, freezing the whole server, builder included, until it was killed."""
+    blocks.has_launched = True
+
+
+def require_sign_in_to_cancel(app: FastAPI) -> None:
+    """Refuse ``/gradio_api/cancel`` on a password-protected app to a request without that app's sign-in.
+
+    Gradio's cancel route is the one route of a mounted app without its sign-in check: ``/builder/gradio_api/
+    cancel`` answered 200 to anyone. Cancelling a real event still needs its random ids, but a route behind a
+    password should not answer strangers. Reads the mounted Gradio app's own token table (after mounting)."""
+    mounts = {route.path: route.app for route in app.routes if isinstance(route, Mount)}
+
+    @app.middleware("http")
+    async def cancel_guard(request: Request, call_next: Any) -> Response:
+        match = _CANCEL.match(request.url.path) if request.method == "POST" else None
+        gapp = mounts.get(match.group("prefix") or "") if match else None
+        if gapp is not None and getattr(gapp, "auth", None):
+            cid = gapp.cookie_id
+            token = request.cookies.get(f"access-token-{cid}") or request.cookies.get(f"access-token-unsecure-{cid}")
+            if gapp.tokens.get(token) is None:
+                await request.body()  # drain it: answering before reading resets a keep-alive connection
+                return JSONResponse({"detail": "Not authenticated: sign in first."}, status_code=401)
+        return await call_next(request)
 
 
 @dataclass
@@ -180,21 +253,37 @@ def build_server(
             )
             mounted[AUDIENCE_PATH] = audience
             mcp_path = AUDIENCE_PATH + MCP_SUBPATH
-        gr.mount_gradio_app(app, builder, "/", auth=config.auth, mcp_server=False, **common)
-        add_endpoint_guard(app, mounted)
+        gr.mount_gradio_app(
+            app, builder, "/", auth=config.auth, mcp_server=False, allowed_paths=builder_output_dirs(engine), **common
+        )
+        for blocks in mounted.values():
+            enforce_file_checks(blocks)
+        add_endpoint_guard(app, mounted, frozenset({AUDIENCE_PATH}))
+        require_sign_in_to_cancel(app)
         return Served(app, mounted.get(AUDIENCE_PATH), builder, "/", mcp_path)
     audience = build_audience_app(engine, config, votes, mcp=mcp)
     builder = None
     if config.builder_auth is not None:
         builder = build_builder_app(engine, config, votes)
         builder_common = {**common, "auth_message": f"<h2>{profile.title}</h2>Builder sign-in."}
-        gr.mount_gradio_app(app, builder, BUILDER_PATH, auth=config.builder_auth, mcp_server=False, **builder_common)
+        gr.mount_gradio_app(
+            app,
+            builder,
+            BUILDER_PATH,
+            auth=config.builder_auth,
+            mcp_server=False,
+            allowed_paths=builder_output_dirs(engine),
+            **builder_common,
+        )
+        enforce_file_checks(builder)
     else:
         log.info("Audience mode without DEMOFORGE_BUILDER_AUTH: the builder app is not served.")
     # Mounted last: "/" would otherwise catch /builder too.
     # No run history for visitors: the data notice promises conversations are not kept, in the browser either.
     gr.mount_gradio_app(app, audience, "/", auth=config.auth, run_history=False, mcp_server=mcp, **common)
-    add_endpoint_guard(app, {"": audience, **({BUILDER_PATH: builder} if builder else {})})
+    enforce_file_checks(audience)
+    add_endpoint_guard(app, {"": audience, **({BUILDER_PATH: builder} if builder else {})}, frozenset({""}))
+    require_sign_in_to_cancel(app)
     return Served(app, audience, builder, BUILDER_PATH if builder else None, MCP_SUBPATH if mcp else None)
 
 

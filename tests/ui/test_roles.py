@@ -340,3 +340,62 @@ def test_the_pages_unqueued_events_pass_the_endpoint_guard(roles: dict) -> None:
     assert r.status_code == 200, r.text
     unknown = http.post("/builder/gradio_api/run/predict", json={**body, "fn_index": 10_000})
     assert unknown.status_code == 404 and "sign in as builder" in unknown.text
+
+
+def _file_part(path: str) -> dict:
+    return {"type": "file", "file": {"path": path, "meta": {"_type": "gradio.FileData"}}}
+
+
+def test_a_visitor_cannot_hand_the_server_a_file_path(roles: dict) -> None:
+    """A server path in a chat message's file part was copied into Gradio's served cache (``/etc/passwd``), and
+    ``/dev/zero`` froze the whole server: mounted apps skipped Gradio's own check. Now the audience app refuses any
+    file, Gradio's check is on for every mounted app, and the server keeps answering."""
+    import secrets
+
+    from demo import server
+
+    secret = roles["home"] / "secret.txt"
+    marker = f"top secret {secrets.token_hex(8)}"  # unique: Gradio's cache folder outlives test runs
+    secret.write_text(marker, encoding="utf-8")
+    http = signed_in(roles["url"], AUDIENCE)
+    respond = next(i for i, fn in roles["served"].audience.fns.items() if fn.api_name == "respond")
+    for path in (str(secret), "/dev/zero"):
+        history = [{"role": "user", "content": [_file_part(path)]}]
+        body = {"data": ["hi", history, None], "fn_index": respond, "session_hash": "f1", "event_data": None}
+        r = http.post("/gradio_api/queue/join", json=body)
+        assert r.status_code == 400 and r.json()["detail"] == server.NO_FILES, r.text
+    # Gradio's upload route is closed to the audience (nothing there takes a file); the builder keeps it.
+    csv = {"files": ("a.csv", b"text,label\nx,y\n")}
+    up = http.post("/gradio_api/upload", files=csv)
+    assert up.status_code == 400 and up.json()["detail"] == server.NO_FILES
+    builder = signed_in(roles["url"], BUILDER, "/builder")
+    assert builder.post("/builder/gradio_api/upload", files=csv).status_code == 200
+    # A message that only mentions the words is text, not a file.
+    assert not server._carries_file(json.dumps({"data": ["what is gradio.FileData?", [], None]}).encode())
+    # Gradio's own check (the builder app takes files, so only it stands there): a path nobody uploaded is refused.
+    assert roles["served"].audience.has_launched and roles["served"].builder.has_launched
+    from gradio import processing_utils
+    from gradio.context import LocalContext
+    from gradio.exceptions import InvalidPathError
+
+    token = LocalContext.blocks.set(roles["served"].builder)
+    try:
+        with pytest.raises(InvalidPathError, match="not uploaded by a user"):
+            processing_utils._check_allowed(str(secret), check_in_upload_folder=True)
+    finally:
+        LocalContext.blocks.reset(token)
+    assert marker not in "".join(
+        p.read_text(errors="replace") for p in Path(processing_utils.utils.get_upload_folder()).rglob("secret.txt")
+    )
+    assert http.get("/config").status_code == 200  # still serving
+
+
+def test_cancel_on_the_builder_app_needs_the_builders_sign_in(roles: dict) -> None:
+    """Gradio's cancel route skipped the sign-in every other route of a mounted app has: it answered 200 to anyone."""
+    body = {"event_id": "x", "session_hash": "abc", "fn_index": 0}
+    assert httpx.post(f"{roles['url']}/builder/gradio_api/cancel", json=body).status_code == 401
+    audience = signed_in(roles["url"], AUDIENCE)
+    assert audience.post("/builder/gradio_api/cancel", json=body).status_code == 401
+    assert audience.post("/gradio_api/cancel", json=body).status_code == 200  # the audience's own, signed in
+    builder = signed_in(roles["url"], BUILDER, "/builder")
+    assert builder.post("/builder/gradio_api/cancel", json=body).status_code == 200
