@@ -30,6 +30,9 @@ MCP_TOOLS = ("chat", "classify")
 """The api_names an MCP client sees as tools (``--mcp``): one-shot, stateless, audience-safe."""
 
 
+EMPTY = "The message is empty: type something to send."
+
+
 def _text(content: Any) -> str:
     """Gradio 6 message content (a string or a list of text blocks) -> plain text."""
     if isinstance(content, str):
@@ -73,7 +76,7 @@ class AudienceHandlers:
         """Stream the reply into the chat history; the system prompt is always the profile's."""
         message = (message or "").strip()
         if not message:
-            raise ChatError("The message is empty: type something to send.")
+            raise ChatError(EMPTY)
         if len(message) > MAX_PROMPT_CHARS:
             raise ChatError(f"The message is too long ({len(message)} characters): keep it under {MAX_PROMPT_CHARS}.")
         name = self._adapter(adapter)
@@ -103,6 +106,16 @@ class AudienceHandlers:
         else:
             pred = self.engine.classify.classify(text, p.classify_labels, p.classify_method)
         return dict(pred.probs)
+
+
+def check_message(message: str, history: list[dict] | None, adapter: str | None) -> list[dict]:
+    """Validator of the audience's Enter: a note under the box for an empty or too long message (API callers get
+    the same words as an error from :meth:`AudienceHandlers.respond`)."""
+    text = (message or "").strip()
+    problem = EMPTY if not text else None
+    if len(text) > MAX_PROMPT_CHARS:
+        problem = f"The message is too long ({len(text)} characters): keep it under {MAX_PROMPT_CHARS}."
+    return [gr.validate(problem is None, problem or ""), gr.validate(True, ""), gr.validate(True, "")]
 
 
 def check_profile(engine: Any, profile: DemoProfile) -> None:
@@ -193,7 +206,11 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     bot = gr.Chatbot(label=profile.title, height=420, elem_id="df-chatbot")
                     msg = gr.Textbox(label="Message", elem_id="df-msg", max_length=MAX_PROMPT_CHARS)
                     respond = shows_errors("answering")(chat.respond)
-                    msg.submit(respond, [msg, bot, adapter], [bot, msg], api_name="respond", **kw)
+                    # The validator answers an empty or too long message with a note under the box before the
+                    # queue (a raised error covered the conversation with red badges that blocked the box).
+                    msg.submit(
+                        respond, [msg, bot, adapter], [bot, msg], api_name="respond", validator=check_message, **kw
+                    )
                     if profile.examples:
                         gr.Examples(profile.examples, [msg])
                     hidden = gr.Textbox(visible=False)

@@ -101,3 +101,40 @@ def test_audience_sees_only_allowed_tabs_votes_and_builder_sees_the_result(url: 
             )
         finally:
             browser.close()
+
+
+def test_an_empty_audience_message_is_a_note_under_the_box_and_the_chat_stays(url: str) -> None:
+    """Enter on a blank box raised an error: red 'Error' badges covered the conversation and the box, and clicks on
+    the box were caught by the overlay. Now a note appears under the box and the conversation stays usable."""
+    from playwright.sync_api import sync_playwright
+
+    from demo.audience import EMPTY
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            _sign_in(page, url, AUDIENCE)
+            box = page.locator("#df-msg textarea")
+            box.wait_for(timeout=60_000)
+            box.fill("w1 w2 good")
+            box.press("Enter")
+            page.wait_for_function(
+                "() => (document.querySelector('#df-chatbot [data-testid=\"bot\"]')?.innerText || '').trim().length",
+                timeout=60_000,
+            )
+            box.fill("   ")
+            box.press("Enter")
+            page.locator("#df-msg").get_by_text(EMPTY).wait_for(timeout=10_000)
+            page.wait_for_timeout(500)
+            badges = page.locator('[data-testid="status-tracker"]:not(.hide) .error').count()
+            assert badges == 0
+            assert page.locator('#df-chatbot [data-testid="user"]').all_inner_texts() == ["w1 w2 good"]
+            box.click(timeout=5_000)  # not caught by an overlay
+            box.fill("w1 w2 bad")
+            box.press("Enter")
+            page.wait_for_function(
+                "() => document.querySelectorAll('#df-chatbot [data-testid=\"user\"]').length === 2", timeout=60_000
+            )
+        finally:
+            browser.close()
