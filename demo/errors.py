@@ -23,18 +23,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def to_gr_error(exc: BaseException, doing: str, duration: float | None = 10) -> gr.Error:
-    """The gr.Error to raise for ``exc``; logs it (one line when expected, the traceback otherwise)."""
-    if isinstance(exc, gr.Error):
+    """The gr.Error to raise for ``exc``; logs it (one line when expected, the traceback otherwise).
+
+    Gradio's queue prints every raised gr.Error's traceback unless told not to, so an empty message or a wrong
+    column wrote ~40 lines to the log; the error returned here is logged once, by this function."""
+    if isinstance(exc, gr.Error):  # a handler's own words for a user mistake
+        log.info("Refused while %s: %s", doing, exc.message)
+        exc.print_exception = False
         return exc
     if isinstance(exc, DemoForgeError):
         log.info("Refused while %s: %s: %s", doing, type(exc).__name__, exc)
-        return gr.Error(str(exc), duration=duration)
+        return gr.Error(str(exc), duration=duration, print_exception=False)
     ref = secrets.token_hex(3)
     log.error("Unexpected error while %s [ref %s]", doing, ref, exc_info=exc)
     return gr.Error(
         f"Something went wrong while {doing} (reference {ref}; the details are in the server log). "
         "The app is still running: try again.",
         duration=duration,
+        print_exception=False,
     )
 
 

@@ -82,3 +82,23 @@ def test_scratch_dirs_are_per_call_and_inside_the_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     a, b = store.tmp_dir("scored", home), store.tmp_dir("scored", home)
     assert a != b and a.parent == b.parent == home / "tmp"
+
+
+def test_expected_errors_are_logged_once_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """Gradio's queue prints the traceback of every raised gr.Error unless told not to: a visitor's empty message
+    wrote ~40 lines to the log. Expected errors are one line; a bug keeps its traceback, logged once by us."""
+    import logging
+
+    import gradio as gr
+
+    from core.errors import ChatError
+    from demo.errors import to_gr_error
+
+    caplog.set_level(logging.INFO, logger="demoforge")
+    for exc in (ChatError("The message is empty."), gr.Error("Pick an adapter first.")):
+        err = to_gr_error(exc, "answering")
+        assert err.print_exception is False and err.message.strip("'") == str(exc).strip("'")
+    assert all(r.exc_info is None for r in caplog.records) and len(caplog.records) == 2
+    bug = to_gr_error(KeyError("x"), "answering")
+    assert bug.print_exception is False and "reference" in bug.message
+    assert caplog.records[-1].exc_info is not None  # the bug's traceback: once, under its reference
