@@ -108,10 +108,18 @@ class DemoProfile:
             )
 
     @property
+    def arena_shown(self) -> bool:
+        """Whether visitors get the arena: switched on, with an audience adapter to set against the base model."""
+        return self.arena and len(self.audience_adapters) >= 1
+
+    @property
     def notice(self) -> str:
-        """The data notice a visitor reads: the profile's own, or one written from the retention settings."""
+        """The data notice a visitor reads: the profile's own, or one written from the retention settings (which
+        speaks of arena votes only where there is an arena)."""
         if self.data_notice.strip():
             return self.data_notice.strip()
+        if not self.arena_shown:
+            return "Conversations are not stored."
         kept = "the prompt and which answer won" if self.store_prompts else "only which answer won (not the prompt)"
         days = f"for {self.retention_days} days" if self.retention_days else "until the presenter deletes them"
         return f"Conversations are not stored. An arena vote keeps {kept}, {days}, with no name or address."

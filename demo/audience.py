@@ -186,7 +186,7 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
     profile = config.profile
     check_profile(engine, profile)
     chat = AudienceHandlers(engine, profile)
-    arena_on = profile.arena and len(profile.audience_adapters) >= 1
+    arena_on = profile.arena_shown
     kw: dict[str, Any] = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": config.concurrency}
     with gr.Blocks(title=profile.title) as app:
         with gr.Row(elem_id="df-header"):

@@ -149,6 +149,9 @@ def test_profile_round_trips_through_the_home_and_names_bad_files(demoforge_home
     assert path.name == "acme-demo.yaml"
     assert DemoProfile.load("acme-demo") == p
     assert "keeps the prompt" in p.notice
+    # No arena shown (switched off, or no adapter to set against the base): the notice does not speak of votes.
+    for quiet in (DemoProfile(title="Acme", arena=False, audience_adapters=["t"], default_adapter="t"), DemoProfile()):
+        assert not quiet.arena_shown and quiet.notice == "Conversations are not stored."
     bad = tmp_path / "bad.yaml"
     bad.write_text("title: X\naccent_colour: '#ffffff'\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown keys \\['accent_colour'\\]"):
