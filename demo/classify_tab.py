@@ -112,7 +112,7 @@ def build_classify_tab(engine: Engine) -> ClassifyTab:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             upload = gr.File(
-                label="CSV / TSV / JSONL",
+                label=f"CSV / TSV / JSONL (up to {engine.config.max_upload_mb} MB)",
                 type="filepath",
                 file_types=[".csv", ".tsv", ".jsonl", ".json"],
                 elem_id="df-cls-upload",

@@ -69,7 +69,7 @@ class FinetuneTab:
     """Hidden: the shown run's status; its change (to finished) refreshes the adapter pickers."""
 
 
-def _build_form() -> tuple[TrainForm, gr.Dropdown, gr.File]:
+def _build_form(max_mb: int) -> tuple[TrainForm, gr.Dropdown, gr.File]:
     first = TASK_DEFAULTS["sft"]
     task = gr.Radio(list(run.TASKS), value="Chat (SFT)", label="Task", elem_id="df-ft-task")
     base = gr.Textbox(
@@ -83,7 +83,7 @@ def _build_form() -> tuple[TrainForm, gr.Dropdown, gr.File]:
         choices=[], value=None, label="Sample dataset", elem_id="df-ft-sample", allow_custom_value=True
     )
     upload = gr.File(
-        label="…or upload CSV / TSV / JSON / JSONL",
+        label=f"…or upload CSV / TSV / JSON / JSONL (up to {max_mb} MB)",  # Gradio refuses larger ones at once
         type="filepath",
         elem_id="df-ft-upload",
         file_types=[".csv", ".tsv", ".json", ".jsonl"],
@@ -139,7 +139,7 @@ def build_finetune_tab(engine: Engine) -> FinetuneTab:
         gr.Markdown(f"**{zerogpu.TRAINING_REFUSED}**", elem_id="df-ft-zerogpu")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            form, sample, upload = _build_form()
+            form, sample, upload = _build_form(engine.config.max_upload_mb)
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="df-ft-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="df-ft-stop")
