@@ -112,7 +112,9 @@ def _build_form(max_mb: int) -> tuple[TrainForm, gr.Dropdown, gr.File]:
             columns=columns,
             adapter_name=name,
             time_budget_minutes=budget,
-            epochs=gr.Number(value=first["epochs"], label="Epochs (upper bound)", minimum=0.1),
+            # No minimum here: Gradio's own refusal ("Value -3 is less than minimum value 0.1") named no field;
+            # the run's config check does ("epochs=-3.0 must be positive").
+            epochs=gr.Number(value=first["epochs"], label="Epochs (upper bound)"),
             lr=gr.Number(value=first["lr"], label="Learning rate"),
             max_length=gr.Slider(32, 2048, value=first["max_length"], step=32, label="Max length (tokens)"),
             batch_size=gr.Slider(

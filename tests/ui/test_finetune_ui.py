@@ -154,6 +154,9 @@ def test_positional_start_still_works_and_a_missing_base_is_refused_at_start(ser
     values = (CHAT, missing, "", "crash", 0, 1.0, 5e-3, 64, 4, 1, 8, 16, 0.0, 0.1, "cosine", 0)
     with pytest.raises(AppError, match="neither an existing folder nor a Hub id"):
         client.predict(*values, api_name="/start_training")  # positional, in the tab's order
+    # An impossible setting is refused at start with the field's name (Gradio's own check named none).
+    with pytest.raises(AppError, match="epochs=-3.0 must be positive"):
+        client.predict(**_settings(server["base"], "neg", epochs=-3.0), api_name="/start_training")
     runs_after = set((server["home"] / "runs").glob("*")) if (server["home"] / "runs").is_dir() else set()
     assert {p.name for p in runs_after - runs_before if not p.name.startswith(".")} == set()
 
