@@ -203,7 +203,9 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     adapter = gr.Dropdown(
                         choices, value=default, label="Model", visible=len(choices) > 1, allow_custom_value=True
                     )
-                    bot = gr.Chatbot(label=profile.title, height=420, elem_id="df-chatbot")
+                    # No label pill: the title is the heading above, and at phone width the pill covered the
+                    # chat's own buttons.
+                    bot = gr.Chatbot(label=profile.title, show_label=False, height=420, elem_id="df-chatbot")
                     msg = gr.Textbox(label="Message", elem_id="df-msg", max_length=MAX_PROMPT_CHARS)
                     respond = shows_errors("answering")(chat.respond)
                     # The validator answers an empty or too long message with a note under the box before the

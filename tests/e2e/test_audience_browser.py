@@ -105,7 +105,8 @@ def test_audience_sees_only_allowed_tabs_votes_and_builder_sees_the_result(url: 
 
 def test_an_empty_audience_message_is_a_note_under_the_box_and_the_chat_stays(url: str) -> None:
     """Enter on a blank box raised an error: red 'Error' badges covered the conversation and the box, and clicks on
-    the box were caught by the overlay. Now a note appears under the box and the conversation stays usable."""
+    the box were caught by the overlay. Now a note appears under the box and the conversation stays usable. At
+    phone width."""
     from playwright.sync_api import sync_playwright
 
     from demo.audience import EMPTY
@@ -113,10 +114,12 @@ def test_an_empty_audience_message_is_a_note_under_the_box_and_the_chat_stays(ur
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
             _sign_in(page, url, AUDIENCE)
             box = page.locator("#df-msg textarea")
             box.wait_for(timeout=60_000)
+            # The title is the heading; a label pill on the chat covered its buttons at this width.
+            assert page.locator('#df-chatbot [data-testid="block-label"]').count() == 0
             box.fill("w1 w2 good")
             box.press("Enter")
             page.wait_for_function(
