@@ -86,9 +86,10 @@ def add_login_throttle(app: FastAPI, throttle: LoginThrottle) -> None:
         return response
 
 
-_API_CALL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:call|run)/(?P<name>[^/]+)/?$")
+# Every route that runs an event by name: /call/v2 and /api too (the guard missed those two at first).
+_API_CALL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:call/v2|call|run|api)/(?P<name>[^/]+)/?$")
 _QUEUE_JOIN = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/queue/join/?$")
-_UPLOAD = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/upload/?$")
+_UPLOAD = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:upload|process_recording)/?$")
 NO_FILES = "This demo takes no files: send text only."
 _CANCEL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/cancel/?$")
 UNKNOWN_ACTION = (

@@ -123,9 +123,10 @@ def assert_builder_only(url: str, served, musts: tuple[str, ...]) -> None:
     for name, index in builder_only.items():
         with pytest.raises(ValueError, match="Cannot find"):
             client.submit(api_name=f"/{name}")
-        r = http.post(f"/gradio_api/call/{name}", json={"data": []})
-        assert r.status_code == 404, (name, r.status_code, r.text)
-        assert "Only the demo's builder" in r.json()["detail"] and "sign in as builder" in r.json()["detail"]
+        for route in ("call", "call/v2", "api"):  # every route that runs an event by name
+            r = http.post(f"/gradio_api/{route}/{name}", json={"data": []})
+            assert r.status_code == 404, (route, name, r.status_code, r.text)
+            assert "Only the demo's builder" in r.json()["detail"] and "sign in as builder" in r.json()["detail"]
         # By position too: the builder's fn_index means nothing (or an audience handler) on the audience app.
         join = http.post(
             "/gradio_api/queue/join", json={"data": [], "fn_index": index, "session_hash": "x1", "event_data": None}
@@ -364,6 +365,9 @@ def test_a_visitor_cannot_hand_the_server_a_file_path(roles: dict) -> None:
         body = {"data": ["hi", history, None], "fn_index": respond, "session_hash": "f1", "event_data": None}
         r = http.post("/gradio_api/queue/join", json=body)
         assert r.status_code == 400 and r.json()["detail"] == server.NO_FILES, r.text
+        for route in ("call/respond", "call/v2/respond", "api/respond", "run/respond"):
+            r = http.post(f"/gradio_api/{route}", json={"data": body["data"]})
+            assert r.status_code == 400 and r.json()["detail"] == server.NO_FILES, (route, r.text)
     # Gradio's upload route is closed to the audience (nothing there takes a file); the builder keeps it.
     csv = {"files": ("a.csv", b"text,label\nx,y\n")}
     up = http.post("/gradio_api/upload", files=csv)
