@@ -50,9 +50,9 @@ def build_app(engine: Engine, config: AppConfig) -> gr.Blocks:
             with gr.Tab("Chat", id="chat"):
                 chat = build_chat_tab(engine, profile, concurrency=config.concurrency)
             with gr.Tab("Classify", id="classify") as classify_tab:
-                classify = build_classify_tab(engine)
+                classify = build_classify_tab(engine, config.max_upload_mb)
             with gr.Tab("Fine-tune", id="finetune"):
-                finetune = build_finetune_tab(engine)
+                finetune = build_finetune_tab(engine, config.max_upload_mb)
             with gr.Tab("Adapters", id="adapters") as adapters_tab:
                 library = build_library_tab(engine)
         pickers = Pickers(*chat.pickers, classify.adapter)

@@ -60,7 +60,7 @@ class ClassifyTab:
     comparison: gr.Dataframe
 
 
-def build_classify_tab(engine: Engine) -> ClassifyTab:
+def build_classify_tab(engine: Engine, max_upload_mb: int) -> ClassifyTab:
     """Build the Classify tab inside the current Blocks context and wire its events; returns its components."""
     # The engine is reached only inside handlers: the classifiers load on first use, and test doubles of the engine
     # that serve only the Chat tab still build the app. The adapter choices arrive when a page loads.
@@ -112,7 +112,7 @@ def build_classify_tab(engine: Engine) -> ClassifyTab:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             upload = gr.File(
-                label=f"CSV / TSV / JSONL (up to {engine.config.max_upload_mb} MB)",
+                label=f"CSV / TSV / JSONL (up to {max_upload_mb} MB)",
                 type="filepath",
                 file_types=[".csv", ".tsv", ".jsonl", ".json"],
                 elem_id="df-cls-upload",

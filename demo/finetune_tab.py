@@ -135,13 +135,13 @@ def _build_form(max_mb: int) -> tuple[TrainForm, gr.Dropdown, gr.File]:
     return form, sample, upload
 
 
-def build_finetune_tab(engine: Engine) -> FinetuneTab:
+def build_finetune_tab(engine: Engine, max_upload_mb: int) -> FinetuneTab:
     """Build the Fine-tune tab inside the current Blocks context and wire its events; returns its components."""
     if zerogpu.active():  # start and resume are refused too (demo/finetune_run.py, core/zerogpu.py)
         gr.Markdown(f"**{zerogpu.TRAINING_REFUSED}**", elem_id="df-ft-zerogpu")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            form, sample, upload = _build_form(engine.config.max_upload_mb)
+            form, sample, upload = _build_form(max_upload_mb)
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="df-ft-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="df-ft-stop")
