@@ -33,6 +33,24 @@ MCP_TOOLS = ("chat", "classify")
 EMPTY = "The message is empty: type something to send."
 
 
+def _text_part(chat_message: Any) -> Any:
+    """A message part as the audience's replies read it: text as is, anything else as empty text."""
+    if getattr(chat_message, "type", None) == "text":
+        return chat_message.model_dump()
+    return {"type": "text", "text": ""}
+
+
+def text_only(bot: gr.Chatbot) -> gr.Chatbot:
+    """Make ``bot`` read back only the text of the messages a page sends.
+
+    Gradio's Chatbot builds and preprocesses any component a message embeds (``{"type": "component", "component":
+    "image", "value": {"path": ...}}``): an Image or Audio opened any server path, a File fetched any URL, and a
+    validator ran it all again before the queue. The audience's replies need text only. Done on the instance:
+    a Chatbot subclass would make Gradio write a ``.pyi`` stub beside this module at import."""
+    bot._preprocess_content = _text_part  # type: ignore[method-assign]
+    return bot
+
+
 def _text(content: Any) -> str:
     """Gradio 6 message content (a string or a list of text blocks) -> plain text."""
     if isinstance(content, str):
@@ -205,7 +223,7 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     )
                     # No label pill: the title is the heading above, and at phone width the pill covered the
                     # chat's own buttons.
-                    bot = gr.Chatbot(label=profile.title, show_label=False, height=420, elem_id="df-chatbot")
+                    bot = text_only(gr.Chatbot(label=profile.title, show_label=False, height=420, elem_id="df-chatbot"))
                     msg = gr.Textbox(label="Message", elem_id="df-msg", max_length=MAX_PROMPT_CHARS)
                     respond = shows_errors("answering")(chat.respond)
                     # The validator answers an empty or too long message with a note under the box before the

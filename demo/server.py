@@ -90,26 +90,43 @@ def add_login_throttle(app: FastAPI, throttle: LoginThrottle) -> None:
 _API_CALL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:call/v2|call|run|api)/(?P<name>[^/]+)/?$")
 _QUEUE_JOIN = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/queue/join/?$")
 _UPLOAD = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:upload|process_recording)/?$")
-NO_FILES = "This demo takes no files: send text only."
-_CANCEL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/cancel/?$")
+# Gradio routes without its sign-in check: cancel, and the streamed-input routes (which replace a queued event's
+# data, after the guard has read it).
+_OPEN_ROUTE = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?P<route>cancel|stream/[^/]+(?:/close)?)/?$")
+TEXT_ONLY = "This demo takes text only: no files, links to files or embedded components."
+SMALL_BODY = 1 << 20
+"""Bytes of a refused request's body read before answering (more is not read: the connection is closed)."""
 UNKNOWN_ACTION = (
     "This app has no action {name!r}. Only the demo's builder can use the builder's actions: sign in as builder "
     "(at /builder)."
 )
 
 
-def _carries_file(body: bytes) -> bool:
-    """Whether a call's JSON body holds a Gradio file reference (``{"meta": {"_type": "gradio.FileData"}, ...}``,
-    what Gradio copies into its cache); a message that merely mentions the words is not one."""
-    if b"gradio.FileData" not in body:
-        return False
+async def _refuse(request: Request, status: int, detail: str) -> JSONResponse:
+    """Answer ``detail``. A small body is read first (answering before reading resets a keep-alive connection); a
+    large one is not read into memory at all: the answer closes the connection instead."""
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) <= SMALL_BODY:
+        await request.body()
+        return JSONResponse({"detail": detail}, status_code=status)
+    return JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+
+
+def _beyond_text(body: bytes) -> bool:
+    """Whether a call's JSON body holds anything but text for a text-only app: a Gradio file reference (``meta``
+    ``_type`` FileData), a ``path`` or ``url`` (Gradio fetches or copies those), or a chat message's embedded
+    ``component`` (the Chatbot builds and preprocesses it: an Image or Audio opened any server path). Parsed as
+    Gradio parses it (so ``\\u`` escapes or UTF-16 do not hide a key); a body that does not parse counts too.
+    A message that merely mentions these words is text."""
     try:
-        stack: list[Any] = [json.loads(body)]
-    except ValueError:
-        return False
+        stack: list[Any] = [json.loads(body or b"{}")]
+    except (ValueError, RecursionError):
+        return True
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
+            if {"path", "url", "component"} & item.keys():
+                return True
             meta = item.get("meta")
             if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
                 return True
@@ -124,8 +141,9 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
     500, or drops the connection).
 
     ``mounted`` maps a mount prefix ('' for /, '/builder', '/audience') to the Blocks mounted there. The apps at
-    ``fileless`` prefixes (the audience's: no component takes a file) refuse uploads and any call that carries a
-    file, so a visitor can neither fill the server's disk through Gradio's upload route nor hand a handler a file.
+    ``fileless`` prefixes (the audience's: text only) refuse uploads, the streamed-input routes and any call that
+    carries more than text (:func:`_beyond_text`), so a visitor can neither fill the server's disk through
+    Gradio's upload route nor hand a handler a file, a URL to fetch or a component to build.
     """
     names = {prefix: {fn.api_name for fn in b.fns.values() if fn.api_name} for prefix, b in mounted.items()}
     indices = {prefix: set(b.fns) for prefix, b in mounted.items()}
@@ -136,14 +154,14 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
             return await call_next(request)
         path = request.url.path
         unknown: str | None = None
-        upload = _UPLOAD.match(path)
+        open_route = _OPEN_ROUTE.match(path)
+        upload = _UPLOAD.match(path) or (open_route if open_route and open_route["route"] != "cancel" else None)
         api_call = _API_CALL.match(path)
         call = api_call or _QUEUE_JOIN.match(path)
-        if (upload and (upload.group("prefix") or "") in fileless) or (
-            call and (call.group("prefix") or "") in fileless and _carries_file(await request.body())
-        ):
-            await request.body()  # drain it (see below)
-            return JSONResponse({"detail": NO_FILES}, status_code=400)
+        if upload and (upload.group("prefix") or "") in fileless:
+            return await _refuse(request, 400, TEXT_ONLY)
+        if call and (call.group("prefix") or "") in fileless and _beyond_text(await request.body()):
+            return JSONResponse({"detail": TEXT_ONLY}, status_code=400)
         if api_call and api_call.group("name") != "predict":
             if api_call.group("name") not in names.get(api_call.group("prefix") or "", set()):
                 unknown = api_call.group("name")
@@ -157,13 +175,13 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
                 unknown = f"#{index}"
         if unknown is None:
             return await call_next(request)
-        await request.body()  # drain it: answering before reading resets a keep-alive connection
-        return JSONResponse({"detail": UNKNOWN_ACTION.format(name=unknown)}, status_code=404)
+        return await _refuse(request, 404, UNKNOWN_ACTION.format(name=unknown))
 
 
 def builder_output_dirs(engine: Any) -> list[str]:
     """Where the builder's handlers write the files they return (scratch outputs, run cards, GGUF exports): the
-    only server folders Gradio may copy a returned file from besides its own cache (see :func:`enforce_file_checks`)."""
+    folders Gradio may copy a returned file from, besides its own cache, the working directory and the system temp
+    dir, which it always allows (see :func:`enforce_file_checks`)."""
     home = Path(getattr(engine, "home", None) or store.home())
     return [str(home / "tmp"), str(home / "adapters"), str(home / "exports")]
 
@@ -178,24 +196,24 @@ def enforce_file_checks(blocks: gr.Blocks) -> None:
     blocks.has_launched = True
 
 
-def require_sign_in_to_cancel(app: FastAPI) -> None:
-    """Refuse ``/gradio_api/cancel`` on a password-protected app to a request without that app's sign-in.
+def require_sign_in_on_open_routes(app: FastAPI) -> None:
+    """Refuse Gradio's cancel and streamed-input routes on a password-protected app to a request without that app's
+    sign-in.
 
-    Gradio's cancel route is the one route of a mounted app without its sign-in check: ``/builder/gradio_api/
-    cancel`` answered 200 to anyone. Cancelling a real event still needs its random ids, but a route behind a
-    password should not answer strangers. Reads the mounted Gradio app's own token table (after mounting)."""
+    Those are the routes of a mounted app without Gradio's sign-in check: ``/builder/gradio_api/cancel`` answered
+    200 to anyone. Using them on a real event still needs its random ids, but a route behind a password should not
+    answer strangers. Reads the mounted Gradio app's own token table (after mounting)."""
     mounts = {route.path: route.app for route in app.routes if isinstance(route, Mount)}
 
     @app.middleware("http")
-    async def cancel_guard(request: Request, call_next: Any) -> Response:
-        match = _CANCEL.match(request.url.path) if request.method == "POST" else None
+    async def open_route_guard(request: Request, call_next: Any) -> Response:
+        match = _OPEN_ROUTE.match(request.url.path) if request.method == "POST" else None
         gapp = mounts.get(match.group("prefix") or "") if match else None
         if gapp is not None and getattr(gapp, "auth", None):
             cid = gapp.cookie_id
             token = request.cookies.get(f"access-token-{cid}") or request.cookies.get(f"access-token-unsecure-{cid}")
             if gapp.tokens.get(token) is None:
-                await request.body()  # drain it: answering before reading resets a keep-alive connection
-                return JSONResponse({"detail": "Not authenticated: sign in first."}, status_code=401)
+                return await _refuse(request, 401, "Not authenticated: sign in first.")
         return await call_next(request)
 
 
@@ -260,7 +278,7 @@ def build_server(
         for blocks in mounted.values():
             enforce_file_checks(blocks)
         add_endpoint_guard(app, mounted, frozenset({AUDIENCE_PATH}))
-        require_sign_in_to_cancel(app)
+        require_sign_in_on_open_routes(app)
         return Served(app, mounted.get(AUDIENCE_PATH), builder, "/", mcp_path)
     audience = build_audience_app(engine, config, votes, mcp=mcp)
     builder = None
@@ -284,7 +302,7 @@ def build_server(
     gr.mount_gradio_app(app, audience, "/", auth=config.auth, run_history=False, mcp_server=mcp, **common)
     enforce_file_checks(audience)
     add_endpoint_guard(app, {"": audience, **({BUILDER_PATH: builder} if builder else {})}, frozenset({""}))
-    require_sign_in_to_cancel(app)
+    require_sign_in_on_open_routes(app)
     return Served(app, audience, builder, BUILDER_PATH if builder else None, MCP_SUBPATH if mcp else None)
 
 

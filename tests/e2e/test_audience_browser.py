@@ -103,6 +103,21 @@ def test_audience_sees_only_allowed_tabs_votes_and_builder_sees_the_result(url: 
             browser.close()
 
 
+def _wait_reply_end(page, quiet_s: float = 1.0, timeout_s: float = 60) -> None:
+    """Until the last reply's text has not changed for ``quiet_s`` (the audience view shows no status line)."""
+    import time
+
+    last, since, deadline = None, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = page.locator('#df-chatbot [data-testid="bot"]').last.inner_text()
+        if text != last:
+            last, since = text, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError("the reply kept changing")
+
+
 def test_an_empty_audience_message_is_a_note_under_the_box_and_the_chat_stays(url: str) -> None:
     """Enter on a blank box raised an error: red 'Error' badges covered the conversation and the box, and clicks on
     the box were caught by the overlay. Now a note appears under the box and the conversation stays usable. At
@@ -126,6 +141,7 @@ def test_an_empty_audience_message_is_a_note_under_the_box_and_the_chat_stays(ur
                 "() => (document.querySelector('#df-chatbot [data-testid=\"bot\"]')?.innerText || '').trim().length",
                 timeout=60_000,
             )
+            _wait_reply_end(page)  # Enter while a reply streams is ignored (the event runs once at a time)
             box.fill("   ")
             box.press("Enter")
             page.locator("#df-msg").get_by_text(EMPTY).wait_for(timeout=10_000)

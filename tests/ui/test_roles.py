@@ -364,18 +364,42 @@ def test_a_visitor_cannot_hand_the_server_a_file_path(roles: dict) -> None:
         history = [{"role": "user", "content": [_file_part(path)]}]
         body = {"data": ["hi", history, None], "fn_index": respond, "session_hash": "f1", "event_data": None}
         r = http.post("/gradio_api/queue/join", json=body)
-        assert r.status_code == 400 and r.json()["detail"] == server.NO_FILES, r.text
+        assert r.status_code == 400 and r.json()["detail"] == server.TEXT_ONLY, r.text
         for route in ("call/respond", "call/v2/respond", "api/respond", "run/respond"):
             r = http.post(f"/gradio_api/{route}", json={"data": body["data"]})
-            assert r.status_code == 400 and r.json()["detail"] == server.NO_FILES, (route, r.text)
+            assert r.status_code == 400 and r.json()["detail"] == server.TEXT_ONLY, (route, r.text)
     # Gradio's upload route is closed to the audience (nothing there takes a file); the builder keeps it.
     csv = {"files": ("a.csv", b"text,label\nx,y\n")}
     up = http.post("/gradio_api/upload", files=csv)
-    assert up.status_code == 400 and up.json()["detail"] == server.NO_FILES
+    assert up.status_code == 400 and up.json()["detail"] == server.TEXT_ONLY
     builder = signed_in(roles["url"], BUILDER, "/builder")
     assert builder.post("/builder/gradio_api/upload", files=csv).status_code == 200
-    # A message that only mentions the words is text, not a file.
-    assert not server._carries_file(json.dumps({"data": ["what is gradio.FileData?", [], None]}).encode())
+    # Embedded components (an Image opened any path, a File fetched any URL), escaped keys and UTF-16 bodies too.
+    image = {"type": "component", "component": "image", "value": {"path": str(secret)}}
+    image |= {"constructor_args": {}, "props": {}}
+    sneaky = (
+        '{"data": ["hi", [{"role": "user", "content": [{"file": {"path": "/etc/hostname", "meta": {"_type": '
+        '"gradio\\u002eFileData"}}, "type": "file"}]}], null], "fn_index": INDEX, "session_hash": "f2"}'
+    ).replace("INDEX", str(respond))
+    bodies = [
+        json.dumps({**body, "data": ["hi", [{"role": "user", "content": [image]}], None]}).encode(),
+        sneaky.encode(),
+        sneaky.encode("utf-16"),
+    ]
+    for raw in bodies:
+        r = http.post("/gradio_api/queue/join", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["detail"] == server.TEXT_ONLY, (raw[:80], r.text)
+    # Gradio's streamed-input routes (they replace a queued event's data after the guard read it) are closed too.
+    assert http.post("/gradio_api/stream/abc", json={"data": []}).status_code == 400
+    # Behind the guard, the audience's chat itself reads only text: an embedded component is never built.
+    from gradio.components.chatbot import ChatbotDataMessages
+
+    bot = next(b for b in roles["served"].audience.blocks.values() if getattr(b, "elem_id", None) == "df-chatbot")
+    sent = [{"role": "user", "content": [image, {"type": "text", "text": "hi"}]}]
+    parts = bot.preprocess(ChatbotDataMessages(root=sent))
+    assert [c for m in parts for c in m["content"]] == [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]
+    # A message that only mentions the words is text.
+    assert not server._beyond_text(json.dumps({"data": ["a path, a url, gradio.FileData?", [], None]}).encode())
     # Gradio's own check (the builder app takes files, so only it stands there): a path nobody uploaded is refused.
     assert roles["served"].audience.has_launched and roles["served"].builder.has_launched
     from gradio import processing_utils
@@ -403,3 +427,6 @@ def test_cancel_on_the_builder_app_needs_the_builders_sign_in(roles: dict) -> No
     assert audience.post("/gradio_api/cancel", json=body).status_code == 200  # the audience's own, signed in
     builder = signed_in(roles["url"], BUILDER, "/builder")
     assert builder.post("/builder/gradio_api/cancel", json=body).status_code == 200
+    # The streamed-input routes lack Gradio's sign-in check as well.
+    assert httpx.post(f"{roles['url']}/builder/gradio_api/stream/x", json={"data": []}).status_code == 401
+    assert builder.post("/builder/gradio_api/stream/x", json={"data": []}).status_code != 401
