@@ -306,6 +306,17 @@ def build_server(
     return Served(app, audience, builder, BUILDER_PATH if builder else None, MCP_SUBPATH if mcp else None)
 
 
+def pin_mcp_loopback(served: Served, url: str) -> None:
+    """Point the MCP server's tool calls at this server (``url``, then the audience app's mount).
+
+    Gradio's MCP server runs each tool call through an HTTP client back into the app. ``launch()`` gives it the local
+    address; a mounted app has none, so Gradio took the address from the first MCP request's ``X-Forwarded-Host``
+    or ``X-Gradio-Server`` header and kept it for everyone: a visitor could send everyone's tool calls elsewhere."""
+    server_obj = getattr(served.audience, "mcp_server_obj", None) if served.mcp_url_path else None
+    if server_obj is not None:
+        server_obj._local_url = url + served.mcp_url_path.removesuffix(MCP_SUBPATH) + "/"
+
+
 SHUTDOWN_S = 3
 """Seconds a stop waits for running requests (streams of open pages) before cancelling them."""
 
@@ -332,8 +343,10 @@ def running(served: Served, host: str, port: int) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"The web server did not start on {host}:{port} (is the port taken?).")
         time.sleep(0.05)
+    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    pin_mcp_loopback(served, url)
     try:
-        yield f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=SHUTDOWN_S + 10)

@@ -121,6 +121,28 @@ def test_mcp_chat_answers_with_smollm2(audience_mode: dict) -> None:
     assert "Paris" in text, text
 
 
+def test_a_forged_host_header_cannot_redirect_the_tool_calls(tmp_path: Path) -> None:
+    """Gradio's MCP server calls the app back over HTTP; a mounted app gave it no address, so it took the first MCP
+    request's X-Forwarded-Host and kept it for every caller. The address is now this server's own."""
+    with isolated_home(tmp_path):
+        config = AppConfig(mode="audience", profile=_profile())
+        served = build_server(Engine(config), config, mcp=True)
+        with running(served, "127.0.0.1", free_port()) as url:
+            assert served.audience.mcp_server_obj.local_url == url + "/"
+
+            async def go() -> Any:
+                forged = httpx.AsyncClient(headers={"x-forwarded-host": "forged.invalid"}, timeout=60)
+                async with (
+                    forged,
+                    streamable_http_client(url + MCP_SUBPATH, http_client=forged) as (read, write, _),
+                    ClientSession(read, write) as session,
+                ):
+                    await session.initialize()
+                    return await session.call_tool("classify", {"text": "The goalkeeper saved a penalty."})
+
+            assert "sports" in _text(asyncio.run(go()))  # answered here, not sent to forged.invalid
+
+
 def test_mcp_refuses_a_builder_endpoint_as_a_tool(audience_mode: dict) -> None:
     async def call(session: ClientSession) -> Any:
         return await session.call_tool("respond", {"message": "hi"})  # undocumented: the page's, not a tool
@@ -144,6 +166,7 @@ def test_builder_mode_serves_mcp_from_the_audience_app_only(tmp_path_factory: py
         served = build_server(Engine(config), config, mcp=True)
         assert served.mcp_url_path == AUDIENCE_PATH + MCP_SUBPATH
         with running(served, "127.0.0.1", free_port()) as url:
+            assert served.audience.mcp_server_obj.local_url == url + AUDIENCE_PATH + "/"
             tools = _mcp(url + served.mcp_url_path, lambda s: s.list_tools())
             assert {t.name for t in tools.tools} == {"chat", "classify"}
             with httpx.Client(base_url=url, timeout=30) as http:  # the builder at / has none
