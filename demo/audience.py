@@ -33,6 +33,15 @@ MCP_TOOLS = ("chat", "classify")
 EMPTY = "The message is empty: type something to send."
 
 
+def message_problem(text: str) -> str | None:
+    """What is wrong with an audience message (already stripped), in the words both the page and the API get."""
+    if not text:
+        return EMPTY
+    if len(text) > MAX_PROMPT_CHARS:
+        return f"The message is too long ({len(text)} characters): keep it under {MAX_PROMPT_CHARS}."
+    return None
+
+
 def _text_part(chat_message: Any) -> Any:
     """A message part as the audience's replies read it: text as is, anything else as empty text."""
     if getattr(chat_message, "type", None) == "text":
@@ -93,10 +102,9 @@ class AudienceHandlers:
     def respond(self, message: str, history: list[dict] | None, adapter: str | None) -> Iterator[tuple[list, str]]:
         """Stream the reply into the chat history; the system prompt is always the profile's."""
         message = (message or "").strip()
-        if not message:
-            raise ChatError(EMPTY)
-        if len(message) > MAX_PROMPT_CHARS:
-            raise ChatError(f"The message is too long ({len(message)} characters): keep it under {MAX_PROMPT_CHARS}.")
+        problem = message_problem(message)
+        if problem:
+            raise ChatError(problem)
         name = self._adapter(adapter)
         plain = [{"role": m["role"], "content": _text(m.get("content"))} for m in history or []]
         # No system prompt from the client; and a bounded history (core truncates to the context anyway, but a
@@ -129,10 +137,7 @@ class AudienceHandlers:
 def check_message(message: str, history: list[dict] | None, adapter: str | None) -> list[dict]:
     """Validator of the audience's Enter: a note under the box for an empty or too long message (API callers get
     the same words as an error from :meth:`AudienceHandlers.respond`)."""
-    text = (message or "").strip()
-    problem = EMPTY if not text else None
-    if len(text) > MAX_PROMPT_CHARS:
-        problem = f"The message is too long ({len(text)} characters): keep it under {MAX_PROMPT_CHARS}."
+    problem = message_problem((message or "").strip())
     return [gr.validate(problem is None, problem or ""), gr.validate(True, ""), gr.validate(True, "")]
 
 

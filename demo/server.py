@@ -89,10 +89,14 @@ def add_login_throttle(app: FastAPI, throttle: LoginThrottle) -> None:
 # Every route that runs an event by name: /call/v2 and /api too (the guard missed those two at first).
 _API_CALL = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:call/v2|call|run|api)/(?P<name>[^/]+)/?$")
 _QUEUE_JOIN = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/queue/join/?$")
-_UPLOAD = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:upload|process_recording)/?$")
+# Routes that bring data in besides an event's body: uploads, recordings, and streamed inputs (which replace a
+# queued event's data after the guard has read it). A text-only app has no use for any of them.
+_DATA_ROUTE = re.compile(
+    r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:upload|process_recording|stream/[^/]+(?:/close)?)/?$"
+)
 # Gradio routes without its sign-in check: cancel, and the streamed-input routes (which replace a queued event's
 # data, after the guard has read it).
-_OPEN_ROUTE = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?P<route>cancel|stream/[^/]+(?:/close)?)/?$")
+_OPEN_ROUTE = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:cancel|stream/[^/]+(?:/close)?)/?$")
 TEXT_ONLY = "This demo takes text only: no files, links to files or embedded components."
 SMALL_BODY = 1 << 20
 """Bytes of a refused request's body read before answering (more is not read: the connection is closed)."""
@@ -154,11 +158,10 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
             return await call_next(request)
         path = request.url.path
         unknown: str | None = None
-        open_route = _OPEN_ROUTE.match(path)
-        upload = _UPLOAD.match(path) or (open_route if open_route and open_route["route"] != "cancel" else None)
+        data_route = _DATA_ROUTE.match(path)
         api_call = _API_CALL.match(path)
         call = api_call or _QUEUE_JOIN.match(path)
-        if upload and (upload.group("prefix") or "") in fileless:
+        if data_route and (data_route.group("prefix") or "") in fileless:
             return await _refuse(request, 400, TEXT_ONLY)
         if call and (call.group("prefix") or "") in fileless and _beyond_text(await request.body()):
             return JSONResponse({"detail": TEXT_ONLY}, status_code=400)
@@ -181,18 +184,20 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
 def builder_output_dirs(engine: Any) -> list[str]:
     """Where the builder's handlers write the files they return (scratch outputs, run cards, GGUF exports): the
     folders Gradio may copy a returned file from, besides its own cache, the working directory and the system temp
-    dir, which it always allows (see :func:`enforce_file_checks`)."""
+    dir, which it always allows (see :func:`mount`)."""
     home = Path(getattr(engine, "home", None) or store.home())
     return [str(home / "tmp"), str(home / "adapters"), str(home / "exports")]
 
 
-def enforce_file_checks(blocks: gr.Blocks) -> None:
-    """Turn on Gradio's check of the file paths a request carries (only files uploaded to its cache may come in).
+def mount(app: FastAPI, blocks: gr.Blocks, path: str, **kwargs: Any) -> None:
+    """``gr.mount_gradio_app`` with Gradio's check of the file paths a request carries turned on (only files
+    uploaded to its cache may come in).
 
     Gradio runs that check only once ``has_launched`` is set, which ``launch()`` does and ``mount_gradio_app``
     (used here, to serve two apps on one server) does not. Without it a visitor could put any server path in a
     chat message's file part: ``/etc/passwd`` was copied into the served cache, and ``/dev/zero`` was hashed on
     the event loop, freezing the whole server, builder included, until it was killed."""
+    gr.mount_gradio_app(app, blocks, path, **kwargs)
     blocks.has_launched = True
 
 
@@ -267,16 +272,11 @@ def build_server(
         mcp_path = None
         if mcp:  # the builder's own endpoints never become tools: the audience app carries the MCP server
             audience = build_audience_app(engine, config, votes, mcp=True)
-            gr.mount_gradio_app(
-                app, audience, AUDIENCE_PATH, auth=config.auth, run_history=False, mcp_server=True, **common
-            )
+            mount(app, audience, AUDIENCE_PATH, auth=config.auth, run_history=False, mcp_server=True, **common)
             mounted[AUDIENCE_PATH] = audience
             mcp_path = AUDIENCE_PATH + MCP_SUBPATH
-        gr.mount_gradio_app(
-            app, builder, "/", auth=config.auth, mcp_server=False, allowed_paths=builder_output_dirs(engine), **common
-        )
-        for blocks in mounted.values():
-            enforce_file_checks(blocks)
+        outputs = builder_output_dirs(engine)
+        mount(app, builder, "/", auth=config.auth, mcp_server=False, allowed_paths=outputs, **common)
         add_endpoint_guard(app, mounted, frozenset({AUDIENCE_PATH}))
         require_sign_in_on_open_routes(app)
         return Served(app, mounted.get(AUDIENCE_PATH), builder, "/", mcp_path)
@@ -285,7 +285,7 @@ def build_server(
     if config.builder_auth is not None:
         builder = build_builder_app(engine, config, votes)
         builder_common = {**common, "auth_message": f"<h2>{profile.title}</h2>Builder sign-in."}
-        gr.mount_gradio_app(
+        mount(
             app,
             builder,
             BUILDER_PATH,
@@ -294,13 +294,11 @@ def build_server(
             allowed_paths=builder_output_dirs(engine),
             **builder_common,
         )
-        enforce_file_checks(builder)
     else:
         log.info("Audience mode without DEMOFORGE_BUILDER_AUTH: the builder app is not served.")
     # Mounted last: "/" would otherwise catch /builder too.
     # No run history for visitors: the data notice promises conversations are not kept, in the browser either.
-    gr.mount_gradio_app(app, audience, "/", auth=config.auth, run_history=False, mcp_server=mcp, **common)
-    enforce_file_checks(audience)
+    mount(app, audience, "/", auth=config.auth, run_history=False, mcp_server=mcp, **common)
     add_endpoint_guard(app, {"": audience, **({BUILDER_PATH: builder} if builder else {})}, frozenset({""}))
     require_sign_in_on_open_routes(app)
     return Served(app, audience, builder, BUILDER_PATH if builder else None, MCP_SUBPATH if mcp else None)
