@@ -96,8 +96,12 @@ _DATA_ROUTE = re.compile(
 )
 # Gradio routes without its sign-in check: cancel, and the streamed-input routes (which replace a queued event's
 # data, after the guard has read it).
+# Gradio's file route (``file=<path or URL>`` and ``file/<path>``): it serves anything in the upload cache, which
+# every app of the process shares, and fetches public URLs.
+_FILE_ROUTE = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/file(?:=|/)(?P<target>.+)$")
 _OPEN_ROUTE = re.compile(r"^(?P<prefix>/builder|/audience)?/gradio_api/(?:cancel|stream/[^/]+(?:/close)?)/?$")
 TEXT_ONLY = "This demo takes text only: no files, links to files or embedded components."
+NOT_ON_PAGE = "This demo serves only the files its own page shows."
 SMALL_BODY = 1 << 20
 """Bytes of a refused request's body read before answering (more is not read: the connection is closed)."""
 UNKNOWN_ACTION = (
@@ -140,6 +144,29 @@ def _beyond_text(body: bytes) -> bool:
     return False
 
 
+def _page_files(blocks: gr.Blocks) -> set[str]:
+    """The paths and URLs of the files an app's own page shows (its config's file values: a logo, an avatar)."""
+    found: set[str] = set()
+    stack: list[Any] = [blocks.config or {}]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in ("path", "url"):
+                if isinstance(item.get(key), str) and ("meta" in item or "orig_name" in item):
+                    found.add(_file_key(item[key]))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _file_key(target: str) -> str:
+    """A file route's target as compared: URLs as they are, paths made absolute (``..`` resolved)."""
+    if target.startswith(("http://", "https://")):
+        return target
+    return os.path.abspath(target.split("/gradio_api/file=", 1)[-1])
+
+
 def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: frozenset[str] = frozenset()) -> None:
     """Answer a call to an api_name or fn_index that a mounted app lacks with a 404 in words (Gradio answers a bare
     500, or drops the connection).
@@ -147,13 +174,25 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
     ``mounted`` maps a mount prefix ('' for /, '/builder', '/audience') to the Blocks mounted there. The apps at
     ``fileless`` prefixes (the audience's: text only) refuse uploads, the streamed-input routes and any call that
     carries more than text (:func:`_beyond_text`), so a visitor can neither fill the server's disk through
-    Gradio's upload route nor hand a handler a file, a URL to fetch or a component to build.
+    Gradio's upload route nor hand a handler a file, a URL to fetch or a component to build. Their file route
+    serves only the files their own page shows: Gradio's upload cache is one per process, so it otherwise served
+    the builder's uploaded datasets to anyone who had their path, and it fetched any public URL for a visitor.
     """
     names = {prefix: {fn.api_name for fn in b.fns.values() if fn.api_name} for prefix, b in mounted.items()}
     indices = {prefix: set(b.fns) for prefix, b in mounted.items()}
+    page_files: dict[str, set[str]] = {}  # per fileless prefix, read from the config at the first file request
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
+        if request.method in ("GET", "HEAD"):
+            file_route = _FILE_ROUTE.match(request.url.path)
+            prefix = (file_route.group("prefix") or "") if file_route else None
+            if file_route and prefix in fileless and prefix in mounted:
+                if prefix not in page_files:
+                    page_files[prefix] = _page_files(mounted[prefix])
+                if _file_key(file_route.group("target")) not in page_files[prefix]:
+                    return JSONResponse({"detail": NOT_ON_PAGE}, status_code=403)
+            return await call_next(request)
         if request.method != "POST":
             return await call_next(request)
         path = request.url.path

@@ -70,6 +70,14 @@ def audience_profile() -> DemoProfile:
     )
 
 
+def tiny_png(path: Path) -> Path:
+    """A 2x2 PNG."""
+    from PIL import Image
+
+    Image.new("RGB", (2, 2), (200, 30, 30)).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def roles(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     home = tmp_path_factory.mktemp("roles-home")
@@ -77,9 +85,9 @@ def roles(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
         base = tiny_models["llama"]
         for i, name in enumerate(["tuned-a", "tuned-b"], start=1):
             make_chat_adapter(home / "adapters" / name, base, i)
-        config = AppConfig(
-            model=str(base), auth=AUDIENCE, builder_auth=BUILDER, mode="audience", profile=audience_profile()
-        )
+        profile = audience_profile()
+        profile.logo = str(tiny_png(home / "logo.png"))  # a file the audience page itself shows
+        config = AppConfig(model=str(base), auth=AUDIENCE, builder_auth=BUILDER, mode="audience", profile=profile)
         engine = Engine(config)
         votes = VoteStore(home / "arena.sqlite")
         # One deliberate wrong sign-in below must not lock the other tests (all from 127.0.0.1) out.
@@ -416,6 +424,35 @@ def test_a_visitor_cannot_hand_the_server_a_file_path(roles: dict) -> None:
         p.read_text(errors="replace") for p in Path(processing_utils.utils.get_upload_folder()).rglob("secret.txt")
     )
     assert http.get("/config").status_code == 200  # still serving
+
+
+def test_the_audience_file_route_serves_only_the_pages_own_files(roles: dict) -> None:
+    """Gradio's upload cache is one per process, and its file route serves anything in it: a dataset the builder
+    uploaded was readable by any visitor with its path, and the route fetched any public URL for a visitor. The
+    audience app's file route now serves only what its own page shows (the logo); the builder's is unchanged."""
+    builder = signed_in(roles["url"], BUILDER, "/builder")
+    up = builder.post("/builder/gradio_api/upload", files={"files": ("private.csv", b"text,label\nsecret,x\n")})
+    assert up.status_code == 200, up.text
+    uploaded = up.json()[0]
+    assert builder.get(f"/builder/gradio_api/file={uploaded}").text.startswith("text,label")
+    audience = signed_in(roles["url"], AUDIENCE)
+    folder, name = uploaded.rsplit("/", 1)
+    for target in (f"file={uploaded}", f"file/{uploaded}", f"file={folder}/../{folder.rsplit('/', 1)[-1]}/{name}"):
+        r = audience.get(f"/gradio_api/{target}")
+        assert r.status_code == 403 and "secret" not in r.text, (target, r.status_code, r.text)
+    assert audience.head(f"/gradio_api/file={uploaded}").status_code == 403
+    r = audience.get("/gradio_api/file=https://example.com/logo.png")  # no fetching on a visitor's behalf
+    assert r.status_code == 403 and r.json()["detail"] == "This demo serves only the files its own page shows."
+    # The page's own logo is still served, at the URL the page asks for.
+    logos = [
+        c["props"]["value"]
+        for c in roles["served"].audience.config["components"]
+        if c.get("type") == "image" and c["props"].get("value")
+    ]
+    assert len(logos) == 1
+    r = audience.get(f"/gradio_api/file={logos[0]['path']}")
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), r.status_code
+    assert httpx.get(f"{roles['url']}/gradio_api/file={logos[0]['path']}").status_code in (401, 403)  # signed out
 
 
 def test_cancel_on_the_builder_app_needs_the_builders_sign_in(roles: dict) -> None:
