@@ -16,7 +16,7 @@ from core.config import AppConfig, DemoProfile
 from core.engine import Engine
 from demo.server import build_server, running
 from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, free_port, isolated_home
-from tests.ui.test_roles import AUDIENCE, BUILDER, make_chat_adapter
+from tests.ui.test_roles import AUDIENCE, BUILDER, make_chat_adapter, tiny_png
 
 pytestmark = pytest.mark.e2e
 SHOTS = os.environ.get("DEMOFORGE_SCREENSHOTS")
@@ -40,6 +40,7 @@ def url(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
             max_new_tokens=16,
             accent_color="#d9480f",
             data_notice="Conversations are not stored.",
+            logo=str(tiny_png(home / "logo.png")),
         )
         config = AppConfig(model=str(base), auth=AUDIENCE, builder_auth=BUILDER, mode="audience", profile=profile)
         served = build_server(Engine(config), config, VoteStore(home / "arena.sqlite"), LoginThrottle(base_delay_s=0))
@@ -62,11 +63,18 @@ def test_audience_sees_only_allowed_tabs_votes_and_builder_sees_the_result(url: 
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
+            refused: list[str] = []  # the audience's file route serves only the page's own files: none refused
+            page.on("response", lambda r: "/file" in r.url and r.status >= 400 and refused.append(r.url))
             page.goto(url, wait_until="load")
             page.wait_for_selector("input[type=password]", timeout=60_000)
             assert "Acme arena demo" in page.content()  # the profile's title on the login page
             _sign_in(page, url, AUDIENCE)
             page.wait_for_selector("#df-msg textarea", timeout=60_000)
+            page.wait_for_function(  # the profile's logo is drawn
+                "() => [...document.images].some(i => i.src.includes('logo.png') && i.complete && i.naturalWidth > 0)",
+                timeout=30_000,
+            )
+            assert not refused, refused
             tabs = [t.strip() for t in page.get_by_role("tab").all_inner_texts()]
             assert tabs == ["Chat", "Arena", "Classify"], tabs
             assert "Conversations are not stored." in page.locator("#df-data-notice").inner_text()
