@@ -115,7 +115,9 @@ class AudienceHandlers:
         yield [*turns, {"role": "assistant", "content": ""}], ""
         settings = GenerationSettings(temperature=self.profile.temperature, max_new_tokens=self.profile.max_new_tokens)
         for piece in self.engine.chat_stream(turns, settings, self.profile.system_prompt, adapter=name):
-            yield [*turns, {"role": "assistant", "content": piece.text}], ""
+            # The box was emptied above, when the message went into the chat; from then on it is the visitor's.
+            # Emptying it on every streamed update wiped whatever they typed while the reply was written.
+            yield [*turns, {"role": "assistant", "content": piece.text}], gr.skip()
 
     def classify(self, text: str) -> dict[str, float]:
         """Classify a text with this demo's classifier (a fine-tuned one, or zero-shot over the demo's labels).
