@@ -145,26 +145,25 @@ def _beyond_text(body: bytes) -> bool:
 
 
 def _page_files(blocks: gr.Blocks) -> set[str]:
-    """The paths and URLs of the files an app's own page shows (its config's file values: a logo, an avatar)."""
+    """The files an app's own page shows: the ``path`` of every file value in its components' props (a logo, an
+    avatar). Examples and API documentation are left out: they only describe what a component could take."""
     found: set[str] = set()
-    stack: list[Any] = [blocks.config or {}]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key in ("path", "url"):
-                if isinstance(item.get(key), str) and ("meta" in item or "orig_name" in item):
-                    found.add(_file_key(item[key]))
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    for component in (blocks.config or {}).get("components", []):
+        stack: list[Any] = [component.get("props") or {}]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                if isinstance(item.get("path"), str) and ("meta" in item or "orig_name" in item):
+                    found.add(_file_key(item["path"]))
+                stack.extend(v for k, v in item.items() if k not in ("examples", "example_inputs"))
+            elif isinstance(item, list):
+                stack.extend(item)
     return found
 
 
 def _file_key(target: str) -> str:
-    """A file route's target as compared: URLs as they are, paths made absolute (``..`` resolved)."""
-    if target.startswith(("http://", "https://")):
-        return target
-    return os.path.abspath(target.split("/gradio_api/file=", 1)[-1])
+    """A file route's target as Gradio reads it: URLs as they are, paths made absolute (``..`` resolved)."""
+    return target if target.startswith(("http://", "https://")) else os.path.abspath(target)
 
 
 def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: frozenset[str] = frozenset()) -> None:
@@ -185,7 +184,8 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         if request.method in ("GET", "HEAD"):
-            file_route = _FILE_ROUTE.match(request.url.path)
+            # The decoded path Starlette routes on (request.url.path re-escapes '?', '#' and '\\').
+            file_route = _FILE_ROUTE.match(request.scope["path"])
             prefix = (file_route.group("prefix") or "") if file_route else None
             if file_route and prefix in fileless and prefix in mounted:
                 if prefix not in page_files:

@@ -437,7 +437,8 @@ def test_the_audience_file_route_serves_only_the_pages_own_files(roles: dict) ->
     assert builder.get(f"/builder/gradio_api/file={uploaded}").text.startswith("text,label")
     audience = signed_in(roles["url"], AUDIENCE)
     folder, name = uploaded.rsplit("/", 1)
-    for target in (f"file={uploaded}", f"file/{uploaded}", f"file={folder}/../{folder.rsplit('/', 1)[-1]}/{name}"):
+    dotted = f"file={folder}/%2E%2E/{folder.rsplit('/', 1)[-1]}/{name}"  # httpx would resolve a plain '..' itself
+    for target in (f"file={uploaded}", f"file/{uploaded}", dotted, f"file={uploaded.replace('/', '%2F')}"):
         r = audience.get(f"/gradio_api/{target}")
         assert r.status_code == 403 and "secret" not in r.text, (target, r.status_code, r.text)
     assert audience.head(f"/gradio_api/file={uploaded}").status_code == 403
