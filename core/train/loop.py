@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from core.train.checkpoint import Position, save_best, save_checkpoint
 from core.train.evaluate import best_key, evaluate, is_better
 from core.train.events import EventLog, StopFlag
 from core.train.plan import Costs, eval_interval, remaining_s, replan
+from core.train.threads import TrainThreads
 
 
 @dataclass
@@ -244,6 +246,19 @@ def recent_tokens_per_s(recent: list[tuple[float, int]]) -> float:
 # --- the loop --------------------------------------------------------------------------------------------------------
 
 
+def cpu_threads(acc: Accelerator) -> TrainThreads | None:
+    """The thread chooser for a run on the CPU in one process (:mod:`core.train.threads`), else None: a GPU run's
+    threads only feed the GPU, and several processes already split the cores between them.
+    ``DEMOFORGE_TRAIN_THREADS=N`` fixes the count instead."""
+    fixed = os.environ.get("DEMOFORGE_TRAIN_THREADS", "").strip()
+    if fixed.isdigit() and int(fixed) > 0:
+        torch.set_num_threads(int(fixed))
+        return None
+    if acc.device.type != "cpu" or acc.num_processes > 1 or torch.get_num_threads() < 2:
+        return None
+    return TrainThreads(torch.get_num_threads())
+
+
 def run_steps(ctx: RunContext) -> str:
     """Optimizer steps until the planned total ('finished') or a stop request ('stopped', after a checkpoint).
 
@@ -252,11 +267,14 @@ def run_steps(ctx: RunContext) -> str:
     cfg, pos, acc = ctx.cfg, ctx.pos, ctx.accelerator
     batches, loaded_epoch = ctx.batches_for(pos.epoch), pos.epoch
     recent: list[tuple[float, int]] = []  # (seconds, tokens) of the last steps, for tokens/s and the step time
+    threads = cpu_threads(acc)
     while pos.step < pos.total_steps:
         if loaded_epoch != pos.epoch:
             batches, loaded_epoch = ctx.batches_for(pos.epoch), pos.epoch
         window = batches[pos.batch_index : pos.batch_index + cfg.grad_accum]
-        t0 = time.monotonic()
+        if threads is not None and threads.threads() != torch.get_num_threads():
+            torch.set_num_threads(threads.threads())
+        t0, cpu0 = time.monotonic(), time.process_time()
         rows = ctx.data.train_rows
         loss, tokens = train_step(
             acc, ctx.model, ctx.optimizer, ctx.scheduler, ctx.params, window, rows, ctx.collate, ctx.pad_id, cfg
@@ -268,6 +286,8 @@ def run_steps(ctx: RunContext) -> str:
         stop, seconds, elapsed = ctx.agreed_max(
             float(ctx.stop.requested), time.monotonic() - t0, time.monotonic() - ctx.t_start
         )
+        if threads is not None:
+            threads.record(time.monotonic() - t0, time.process_time() - cpu0, tokens)
         pos.train_seconds += seconds
         pos.tokens_seen += tokens
         ctx.last_loss = loss
