@@ -246,17 +246,19 @@ def recent_tokens_per_s(recent: list[tuple[float, int]]) -> float:
 # --- the loop --------------------------------------------------------------------------------------------------------
 
 
+def fixed_threads() -> int | None:
+    """``DEMOFORGE_TRAIN_THREADS=N``: the thread count a run keeps (set before its plan times a step), or None."""
+    fixed = os.environ.get("DEMOFORGE_TRAIN_THREADS", "").strip()
+    return int(fixed) if fixed.isdigit() and int(fixed) > 0 else None
+
+
 def cpu_threads(acc: Accelerator) -> TrainThreads | None:
     """The thread chooser for a run on the CPU in one process (:mod:`core.train.threads`), else None: a GPU run's
-    threads only feed the GPU, and several processes already split the cores between them.
-    ``DEMOFORGE_TRAIN_THREADS=N`` fixes the count instead."""
-    fixed = os.environ.get("DEMOFORGE_TRAIN_THREADS", "").strip()
-    if fixed.isdigit() and int(fixed) > 0:
-        torch.set_num_threads(int(fixed))
+    threads only feed the GPU, several processes already split the cores between them, and
+    ``DEMOFORGE_TRAIN_THREADS`` fixes the count."""
+    if fixed_threads() is not None or acc.device.type != "cpu" or acc.num_processes > 1:
         return None
-    if acc.device.type != "cpu" or acc.num_processes > 1 or torch.get_num_threads() < 2:
-        return None
-    return TrainThreads(torch.get_num_threads())
+    return TrainThreads(torch.get_num_threads()) if torch.get_num_threads() >= 2 else None
 
 
 def run_steps(ctx: RunContext) -> str:
@@ -264,14 +266,23 @@ def run_steps(ctx: RunContext) -> str:
 
     Periodic evaluations keep the best adapter; the final evaluation belongs to the finish phase.
     """
+    threads, start_threads = cpu_threads(ctx.accelerator), torch.get_num_threads()
+    try:
+        return _steps(ctx, threads)
+    finally:  # the final evaluation and save, and whatever else runs in this process, get the count back
+        torch.set_num_threads(start_threads)
+
+
+def _steps(ctx: RunContext, threads: TrainThreads | None) -> str:
+    """The loop of :func:`run_steps`, with its thread chooser (None: the count stays)."""
     cfg, pos, acc = ctx.cfg, ctx.pos, ctx.accelerator
     batches, loaded_epoch = ctx.batches_for(pos.epoch), pos.epoch
     recent: list[tuple[float, int]] = []  # (seconds, tokens) of the last steps, for tokens/s and the step time
-    threads = cpu_threads(acc)
     while pos.step < pos.total_steps:
         if loaded_epoch != pos.epoch:
             batches, loaded_epoch = ctx.batches_for(pos.epoch), pos.epoch
         window = batches[pos.batch_index : pos.batch_index + cfg.grad_accum]
+        probe = threads is not None and threads.probing
         if threads is not None and threads.threads() != torch.get_num_threads():
             torch.set_num_threads(threads.threads())
         t0, cpu0 = time.monotonic(), time.process_time()
@@ -291,8 +302,10 @@ def run_steps(ctx: RunContext) -> str:
         pos.train_seconds += seconds
         pos.tokens_seen += tokens
         ctx.last_loss = loss
-        recent = (recent + [(seconds, tokens)])[-STEP_WINDOW[1] :]
-        ctx.costs.step_s = recent_step_s(recent)
+        if not probe:  # a probe step's time says little about the run's pace: the plan must not move with it
+            recent = (recent + [(seconds, tokens)])[-STEP_WINDOW[1] :]
+        if recent:
+            ctx.costs.step_s = recent_step_s(recent)
         if ctx.budget_s is not None and len(recent) >= 3:
             _replan(ctx, elapsed)
         ctx.events.emit(

@@ -37,6 +37,7 @@ from core.train.loop import (
     RunContext,
     eval_and_keep_best,
     eval_rows_subset,
+    fixed_threads,
     measure_eval,
     measure_save,
     measure_step,
@@ -82,6 +83,8 @@ def run(
     """
     t_start = time.monotonic() if t_start is None else t_start
     stop = stop or StopFlag()
+    if fixed_threads() is not None:  # before the plan times a step on it
+        torch.set_num_threads(fixed_threads())
     accelerator = make_accelerator(pick_mixed_precision(cfg.precision))
     main_proc, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     events = EventLog(run_dir, enabled=main_proc, t0=t_start)

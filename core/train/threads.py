@@ -7,8 +7,8 @@ other waits for it at every barrier. Measured on a 2-core machine, a SmolLM2 LoR
 
 The signal is the process's CPU share: CPU seconds per step over (wall seconds x threads). A quiet step measured
 0.98-0.99 on 2 threads, a contended one 0.62-0.64. Only a low share starts a probe of fewer threads, so a quiet
-machine never pays for one; a run that moved to fewer threads tries all of them again now and then, keeping
-whichever trains a token fastest.
+SmolLM2 run never paid for one (a tiny model's serial Python work can lower the share: its probes back off). A run
+that moved to fewer threads tries one step more again now and then, keeping whichever trains a token fastest.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ class TrainThreads:
         self._recent = deque(maxlen=self.window)
         self._wait = self.probe_every
 
+    @property
+    def probing(self) -> bool:
+        """Whether the next step is a probe (its time says little about the run's pace)."""
+        return self._probing is not None
+
     def threads(self) -> int:
         """The count for the next step."""
         return self._probing if self._probing is not None else self.current
@@ -78,7 +83,7 @@ class TrainThreads:
         if self.current > 1 and contended and self._since >= self._down_wait:
             self._start(max(1, self.current // 2))
         elif self.current < self.most and self._since >= self._wait:
-            self._start(self.most)
+            self._start(min(self.most, 2 * self.current))  # one step up: "all cores" may be far more than a quota
 
     def _start(self, threads: int) -> None:
         self._probing, self._probe = threads, []

@@ -49,6 +49,7 @@ def _case(steps: int, threads: str, busy: bool, home: Path) -> tuple[float, floa
     finally:
         if hog is not None:
             hog.kill()
+            hog.wait()
     events = [json.loads(line) for line in next((home / "runs").glob(f"*{cfg['adapter_name']}*/events.jsonl")).open()]
     times = [e["elapsed_s"] for e in events if e["type"] == "step"]
     end = next(e for e in events if e["type"] == "end")

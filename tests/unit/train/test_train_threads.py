@@ -48,3 +48,73 @@ def test_when_fewer_threads_do_not_help_it_stops_trying_soon() -> None:
 def test_one_core_leaves_threads_alone() -> None:
     chooser = TrainThreads(1)
     assert _run(chooser, {1: (6.8, 0.3)}, 20) == [1] * 20
+
+
+def test_counts_halve_one_at_a_time_from_many_cores_and_probe_back_one_step() -> None:
+    """4 threads (a bigger machine) under contention: 2 wins, 1 does not; later it probes 4 again, not more."""
+    machine = {4: (10.0, 0.5), 2: (5.0, 0.6), 1: (6.0, 1.0)}
+    chooser = TrainThreads(4, probe_every=20)
+    used = _run(chooser, machine, 100)
+    assert chooser.current == 2 and set(used) == {4, 2, 1}
+    assert used[:3] == [4, 4, 4] and used[3:6] == [2, 2, 2]
+
+
+def test_cpu_threads_only_for_one_cpu_process_and_not_when_fixed(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from core.train.loop import cpu_threads, fixed_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    monkeypatch.delenv("DEMOFORGE_TRAIN_THREADS", raising=False)
+    assert isinstance(cpu_threads(cpu), TrainThreads)
+    assert cpu_threads(SimpleNamespace(device=torch.device("cuda"), num_processes=1)) is None
+    assert cpu_threads(SimpleNamespace(device=torch.device("cpu"), num_processes=2)) is None
+    monkeypatch.setenv("DEMOFORGE_TRAIN_THREADS", "1")
+    assert cpu_threads(cpu) is None and fixed_threads() == 1
+    monkeypatch.setenv("DEMOFORGE_TRAIN_THREADS", "many")
+    assert fixed_threads() is None
+
+
+class _Scripted:
+    """A chooser that probes 1 thread on steps 3-5 and records what the loop reports for each step."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float, float, int]] = []
+
+    @property
+    def probing(self) -> bool:
+        return 2 <= len(self.calls) <= 4
+
+    def threads(self) -> int:
+        return 1 if self.probing else 2
+
+    def record(self, seconds: float, cpu_seconds: float, tokens: int) -> None:
+        import torch
+
+        self.calls.append((torch.get_num_threads(), seconds, cpu_seconds, tokens))
+
+
+def test_the_loop_runs_each_step_on_the_chosen_count_and_gives_the_count_back(
+    tiny_models, tmp_path, demoforge_home, monkeypatch
+) -> None:
+    import torch
+
+    from core.train import loop
+    from core.train import runner as train
+    from tests.toy_data import sft_cfg, write_sft
+
+    chooser = _Scripted()
+    monkeypatch.setattr(loop, "cpu_threads", lambda acc: chooser)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = train.run(sft_cfg(tiny_models, write_sft(tmp_path / "d.jsonl"), max_steps=8), tmp_path / "run")
+        assert result.status == "finished", result.error
+        assert [n for n, *_ in chooser.calls] == [2, 2, 1, 1, 1, 2, 2, 2]  # each step on the count asked for
+        assert all(s > 0 and c > 0 and t > 0 for _, s, c, t in chooser.calls)  # wall, CPU seconds, tokens
+        assert torch.get_num_threads() == 2  # given back after the steps
+    finally:
+        torch.set_num_threads(before)
