@@ -183,9 +183,10 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
+        # The decoded path Starlette routes on (request.url.path re-escapes '?', '#' and '\\').
+        path = request.scope["path"]
         if request.method in ("GET", "HEAD"):
-            # The decoded path Starlette routes on (request.url.path re-escapes '?', '#' and '\\').
-            file_route = _FILE_ROUTE.match(request.scope["path"])
+            file_route = _FILE_ROUTE.match(path)
             prefix = (file_route.group("prefix") or "") if file_route else None
             if file_route and prefix in fileless and prefix in mounted:
                 if prefix not in page_files:
@@ -195,7 +196,6 @@ def add_endpoint_guard(app: FastAPI, mounted: dict[str, gr.Blocks], fileless: fr
             return await call_next(request)
         if request.method != "POST":
             return await call_next(request)
-        path = request.url.path
         unknown: str | None = None
         data_route = _DATA_ROUTE.match(path)
         api_call = _API_CALL.match(path)

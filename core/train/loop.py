@@ -294,11 +294,10 @@ def _steps(ctx: RunContext, threads: TrainThreads | None) -> str:
         pos.batch_index += len(window)
         if pos.batch_index >= len(batches):
             pos.epoch, pos.batch_index = pos.epoch + 1, 0
-        stop, seconds, elapsed = ctx.agreed_max(
-            float(ctx.stop.requested), time.monotonic() - t0, time.monotonic() - ctx.t_start
-        )
+        wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        stop, seconds, elapsed = ctx.agreed_max(float(ctx.stop.requested), wall, time.monotonic() - ctx.t_start)
         if threads is not None:
-            threads.record(time.monotonic() - t0, time.process_time() - cpu0, tokens)
+            threads.record(wall, cpu, tokens)
         pos.train_seconds += seconds
         pos.tokens_seen += tokens
         ctx.last_loss = loss
