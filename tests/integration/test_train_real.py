@@ -192,7 +192,9 @@ def test_time_budget_on_minilm_lands_on_the_budget(encoder_base: str, tmp_path: 
     )
     cfg.to_yaml(tmp_path / "cfg.yaml")
     env = {**os.environ, "DEMOFORGE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if p
+    )
     t0 = time.monotonic()
     res = subprocess.run(
         [sys.executable, "-m", "core.train", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "run")],
