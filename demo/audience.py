@@ -10,8 +10,9 @@ What the audience may pick (adapters, labels) is still checked on the server in 
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -25,12 +26,16 @@ from demo.errors import shows_errors
 from demo.queue import MODEL_QUEUE
 
 MAX_TURNS = 20
+ANSWER_TIMEOUT_S = 600.0
+"""A page's message counts as still being answered for at most this long (a page closed mid-answer never says)."""
+MAX_SESSIONS = 10_000
 """Earlier messages an audience reply sees (the oldest beyond this are dropped)."""
 MCP_TOOLS = ("chat", "classify")
 """The api_names an MCP client sees as tools (``--mcp``): one-shot, stateless, audience-safe."""
 
 
 EMPTY = "The message is empty: type something to send."
+BUSY = "The answer to your last message is still on its way: send this one when it has arrived."
 
 
 def message_problem(text: str) -> str | None:
@@ -77,6 +82,8 @@ class AudienceHandlers:
 
     engine: Any
     profile: DemoProfile
+    answering: dict[str, float] = field(default_factory=dict)
+    """Session -> when its last message was accepted, until its answer ends (see :meth:`_answering`)."""
 
     def chat_choices(self) -> list[str]:
         """What the audience may chat with: the profile's adapters, or the base alone when it names none."""
@@ -118,6 +125,44 @@ class AudienceHandlers:
             # The box was emptied above, when the message went into the chat; from then on it is the visitor's.
             # Emptying it on every streamed update wiped whatever they typed while the reply was written.
             yield [*turns, {"role": "assistant", "content": piece.text}], gr.skip()
+
+    def _answering(self, request: gr.Request | None) -> bool:
+        """Whether this page's last message is still waiting for or receiving its answer. Kept here by session,
+        not in a gr.State: Gradio's validators read a State's initial value, not the session's."""
+        started = self.answering.get(getattr(request, "session_hash", None) or "")
+        return started is not None and time.monotonic() - started < ANSWER_TIMEOUT_S
+
+    def check_enter(self, message: str, history: list[dict] | None, request: gr.Request) -> list[dict]:
+        """Validator of the page's Enter: a note under the box for an empty or too long message, or while the
+        answer to the last one is on its way (a second message would be answered without the first's answer)."""
+        problem = BUSY if self._answering(request) else message_problem((message or "").strip())
+        return [gr.validate(problem is None, problem or ""), gr.validate(True, "")]
+
+    def accept(self, message: str, history: list[dict] | None, request: gr.Request) -> tuple[list[dict], str, str]:
+        """The page's Enter, first step (before the queue): the message goes into the chat and out of the box, so
+        whatever the visitor types while it waits for its turn stays in the box. Kept for the second step."""
+        message = (message or "").strip()
+        problem = BUSY if self._answering(request) else message_problem(message)
+        if problem:  # the validator said so already; a raw caller gets the same words
+            raise ChatError(problem)
+        if len(self.answering) > MAX_SESSIONS:  # pages closed mid-answer never release: forget the oldest
+            for old in sorted(self.answering, key=self.answering.__getitem__)[: len(self.answering) // 2]:
+                self.answering.pop(old, None)
+        self.answering[getattr(request, "session_hash", None) or ""] = time.monotonic()
+        return [*(history or []), {"role": "user", "content": message}], "", message
+
+    def release(self, request: gr.Request) -> None:
+        """After an answer (finished, refused or failed): this page's Enter sends again."""
+        self.answering.pop(getattr(request, "session_hash", None) or "", None)
+
+    def answer(self, message: str, history: list[dict] | None, adapter: str | None) -> Iterator[list[dict]]:
+        """The page's Enter, second step (in the model's queue): answer the message :meth:`accept` put into the
+        chat. The box is not an output: the visitor's next words there are theirs."""
+        earlier = list(history or [])
+        if earlier and earlier[-1].get("role") == "user":
+            earlier.pop()  # the accepted message: respond adds it again with the reply
+        for turns, _ in self.respond(message, earlier, adapter):
+            yield turns
 
     def classify(self, text: str) -> dict[str, float]:
         """Classify a text with this demo's classifier (a fine-tuned one, or zero-shot over the demo's labels).
@@ -232,11 +277,33 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     # chat's own buttons.
                     bot = text_only(gr.Chatbot(label=profile.title, show_label=False, height=420, elem_id="df-chatbot"))
                     msg = gr.Textbox(label="Message", elem_id="df-msg", max_length=MAX_PROMPT_CHARS)
+                    pending = gr.State("")
+                    private: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
+                    # Enter in two steps, as the builder's chat: the message moves into the chat and out of the box
+                    # before the queue, then waits its turn; the box stays the visitor's meanwhile (one step that
+                    # emptied the box when its turn came wiped what they had typed while waiting). The validator
+                    # answers an empty or too long message, or one sent while an answer is on its way, with a note
+                    # under the box before the queue (a raised error covered the conversation with red badges).
+                    accepted = msg.submit(
+                        shows_errors("sending a message")(chat.accept),
+                        [msg, bot],
+                        [bot, msg, pending],
+                        validator=chat.check_enter,
+                        **private,
+                    )
+                    answer = shows_errors("answering")(chat.answer)
+                    answered = accepted.success(answer, [pending, bot, adapter], [bot], api_visibility="private", **kw)
+                    answered.then(chat.release, None, None, queue=False, **private)
+                    # /respond for API callers, as before: the message in, the chat out (a hidden box of its own).
+                    api_msg = gr.Textbox(label="Message", visible=False)
                     respond = shows_errors("answering")(chat.respond)
-                    # The validator answers an empty or too long message with a note under the box before the
-                    # queue (a raised error covered the conversation with red badges that blocked the box).
-                    msg.submit(
-                        respond, [msg, bot, adapter], [bot, msg], api_name="respond", validator=check_message, **kw
+                    api_msg.submit(
+                        respond,
+                        [api_msg, bot, adapter],
+                        [bot, api_msg],
+                        api_name="respond",
+                        validator=check_message,
+                        **kw,
                     )
                     if profile.examples:
                         gr.Examples(profile.examples, [msg])

@@ -187,3 +187,46 @@ def test_an_empty_audience_message_is_a_note_under_the_box_and_the_chat_stays(ur
             _send(page, box, "w1 w2 bad", users=2)
         finally:
             browser.close()
+
+
+def test_what_a_visitor_types_while_their_message_waits_in_the_queue_stays_in_the_box(url: str) -> None:
+    """Enter moves the message into the chat at once and empties the box; the message then waits for its turn
+    behind other visitors' replies. What the visitor types meanwhile was wiped when their reply began (the one-step
+    event emptied the box then). Now it stays, and a second Enter before the answer gets a note, not a second send."""
+    from gradio_client import Client
+    from playwright.sync_api import sync_playwright
+
+    from demo.audience import BUSY
+
+    others = Client(url, auth=AUDIENCE, verbose=False)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            _sign_in(page, url, AUDIENCE)
+            box = page.locator("#df-msg textarea")
+            box.wait_for(timeout=60_000)
+            # Other visitors' questions fill the model's queue, so this page's message has to wait its turn.
+            jobs = [others.submit(f"w{i} w2 good", [], None, api_name="/respond") for i in range(6)]
+            _send(page, box, "w1 w2 first", users=1)
+            assert box.input_value() == ""  # out of the box at once, before its turn came
+            box.fill("my next question")
+            note = page.locator("#df-msg").get_by_text(BUSY)
+            box.press("Enter")  # while the first still waits or streams: a note, the text stays
+            note.wait_for(timeout=10_000)
+            page.wait_for_function(
+                "() => (document.querySelector('#df-chatbot [data-testid=\"bot\"]')?.innerText || '').trim().length",
+                timeout=60_000,
+            )
+            _wait_reply_end(page)
+            for job in jobs:
+                job.result(timeout=60)
+            assert box.input_value() == "my next question"
+            assert page.locator('#df-chatbot [data-testid="user"]').all_inner_texts() == ["w1 w2 first"]
+            box.press("Enter")  # the answer is in: now it sends
+            page.wait_for_function(
+                "() => document.querySelectorAll('#df-chatbot [data-testid=\"user\"]').length === 2", timeout=30_000
+            )
+            assert box.input_value() == ""
+        finally:
+            browser.close()

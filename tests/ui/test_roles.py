@@ -31,6 +31,9 @@ BUILDER = ("boss", "boss-pw")
 # What an audience may call: nothing else may exist on the audience app.
 AUDIENCE_ENDPOINTS = {
     "respond",
+    "accept",  # the page's Enter in two steps (private: the page calls them by position); answer as respond does
+    "answer",
+    "release",
     "chat",
     "load_example",
     "classify",
