@@ -83,8 +83,9 @@ def run(
     """
     t_start = time.monotonic() if t_start is None else t_start
     stop = stop or StopFlag()
-    if fixed_threads() is not None:  # before the plan times a step on it
-        torch.set_num_threads(fixed_threads())
+    pinned = fixed_threads()
+    if pinned is not None:  # before the plan times a step on it
+        torch.set_num_threads(pinned)
     accelerator = make_accelerator(pick_mixed_precision(cfg.precision))
     main_proc, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     events = EventLog(run_dir, enabled=main_proc, t0=t_start)
