@@ -10,6 +10,7 @@ What the audience may pick (adapters, labels) is still checked on the server in 
 from __future__ import annotations
 
 import html
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,10 +27,11 @@ from demo.errors import shows_errors
 from demo.queue import MODEL_QUEUE
 
 MAX_TURNS = 20
+"""Earlier messages an audience reply sees (the oldest beyond this are dropped)."""
 ANSWER_TIMEOUT_S = 600.0
 """A page's message counts as still being answered for at most this long (a page closed mid-answer never says)."""
 MAX_SESSIONS = 10_000
-"""Earlier messages an audience reply sees (the oldest beyond this are dropped)."""
+"""Pages tracked as being answered; beyond this, expired ones and then the oldest are forgotten."""
 MCP_TOOLS = ("chat", "classify")
 """The api_names an MCP client sees as tools (``--mcp``): one-shot, stateless, audience-safe."""
 
@@ -84,6 +86,7 @@ class AudienceHandlers:
     profile: DemoProfile
     answering: dict[str, float] = field(default_factory=dict)
     """Session -> when its last message was accepted, until its answer ends (see :meth:`_answering`)."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def chat_choices(self) -> list[str]:
         """What the audience may chat with: the profile's adapters, or the base alone when it names none."""
@@ -126,10 +129,17 @@ class AudienceHandlers:
             # Emptying it on every streamed update wiped whatever they typed while the reply was written.
             yield [*turns, {"role": "assistant", "content": piece.text}], gr.skip()
 
+    def _session(self, request: gr.Request | None) -> str | None:
+        """The page's session, or None for a caller without one (never tracked: it could only block other such
+        callers)."""
+        return getattr(request, "session_hash", None) or None
+
     def _answering(self, request: gr.Request | None) -> bool:
         """Whether this page's last message is still waiting for or receiving its answer. Kept here by session,
         not in a gr.State: Gradio's validators read a State's initial value, not the session's."""
-        started = self.answering.get(getattr(request, "session_hash", None) or "")
+        session = self._session(request)
+        with self._lock:
+            started = self.answering.get(session) if session else None
         return started is not None and time.monotonic() - started < ANSWER_TIMEOUT_S
 
     def check_enter(self, message: str, history: list[dict] | None, request: gr.Request) -> list[dict]:
@@ -145,24 +155,51 @@ class AudienceHandlers:
         problem = BUSY if self._answering(request) else message_problem(message)
         if problem:  # the validator said so already; a raw caller gets the same words
             raise ChatError(problem)
-        if len(self.answering) > MAX_SESSIONS:  # pages closed mid-answer never release: forget the oldest
-            for old in sorted(self.answering, key=self.answering.__getitem__)[: len(self.answering) // 2]:
-                self.answering.pop(old, None)
-        self.answering[getattr(request, "session_hash", None) or ""] = time.monotonic()
+        session = self._session(request)
+        if session:
+            now = time.monotonic()
+            with self._lock:
+                if len(self.answering) >= MAX_SESSIONS:  # pages closed mid-answer: the expired, else the oldest half
+                    expired = [k for k, t in self.answering.items() if now - t >= ANSWER_TIMEOUT_S]
+                    oldest = sorted(self.answering, key=self.answering.__getitem__)[: len(self.answering) // 2]
+                    for old in expired or oldest:
+                        del self.answering[old]
+                self.answering[session] = now
         return [*(history or []), {"role": "user", "content": message}], "", message
 
-    def release(self, request: gr.Request) -> None:
-        """After an answer (finished, refused or failed): this page's Enter sends again."""
-        self.answering.pop(getattr(request, "session_hash", None) or "", None)
-
-    def answer(self, message: str, history: list[dict] | None, adapter: str | None) -> Iterator[list[dict]]:
+    def answer(
+        self, message: str, history: list[dict] | None, adapter: str | None, request: gr.Request
+    ) -> Iterator[list[dict]]:
         """The page's Enter, second step (in the model's queue): answer the message :meth:`accept` put into the
-        chat. The box is not an output: the visitor's next words there are theirs."""
+        chat. The box is not an output: the visitor's next words there are theirs. However it ends (answered,
+        refused, failed), the page may send again."""
         earlier = list(history or [])
         if earlier and earlier[-1].get("role") == "user":
             earlier.pop()  # the accepted message: respond adds it again with the reply
-        for turns, _ in self.respond(message, earlier, adapter):
-            yield turns
+        try:
+            for turns, _ in self.respond(message, earlier, adapter):
+                yield turns
+        finally:
+            self.release(request)
+
+    def unanswered(self, message: str, history: list[dict] | None, box: str, request: gr.Request) -> tuple[Any, Any]:
+        """After an answer failed or the queue refused it: the page may send again; a message that got no reply
+        leaves the chat and goes back into the box (unless the visitor has typed something else there), so it can
+        be shortened or sent again."""
+        self.release(request)
+        history = list(history or [])
+        if history and history[-1].get("role") == "assistant" and not _text(history[-1].get("content")).strip():
+            history.pop()  # the empty reply the answer opened before it failed
+        if not history or history[-1].get("role") != "user" or _text(history[-1].get("content")) != message:
+            return gr.skip(), gr.skip()  # a partial reply stays, marked by the error shown with it
+        return history[:-1], (message if not (box or "").strip() else gr.skip())
+
+    def release(self, request: gr.Request) -> None:
+        """After an answer (finished, refused or failed): this page's Enter sends again."""
+        session = self._session(request)
+        if session:
+            with self._lock:
+                self.answering.pop(session, None)
 
     def classify(self, text: str) -> dict[str, float]:
         """Classify a text with this demo's classifier (a fine-tuned one, or zero-shot over the demo's labels).
@@ -293,7 +330,10 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     )
                     answer = shows_errors("answering")(chat.answer)
                     answered = accepted.success(answer, [pending, bot, adapter], [bot], api_visibility="private", **kw)
+                    # Released by answer itself however it ends; a page's .then runs only after a success, and
+                    # an answer the queue refused never ran: the failure step releases and gives the text back.
                     answered.then(chat.release, None, None, queue=False, **private)
+                    answered.failure(chat.unanswered, [pending, bot, msg], [bot, msg], queue=False, **private)
                     # /respond for API callers, as before: the message in, the chat out (a hidden box of its own).
                     api_msg = gr.Textbox(label="Message", visible=False)
                     respond = shows_errors("answering")(chat.respond)

@@ -34,6 +34,7 @@ AUDIENCE_ENDPOINTS = {
     "accept",  # the page's Enter in two steps (private: the page calls them by position); answer as respond does
     "answer",
     "release",
+    "unanswered",
     "chat",
     "load_example",
     "classify",

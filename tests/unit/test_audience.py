@@ -51,10 +51,56 @@ def test_the_pages_enter_takes_the_message_at_once_and_answers_it_in_a_second_st
     with pytest.raises(ChatError, match="still on its way"):
         handlers.accept("next", history, me)  # a raw caller past the validator gets the same words
     assert handlers.check_enter("mine", [], other)[0]["is_valid"]  # another page is not held up
-    answers = list(handlers.answer(pending, history, None))
+    answers = list(handlers.answer(pending, history, None, _Request("other-page")))
     assert answers[0] == [*history, {"role": "assistant", "content": ""}]  # the message once, not twice
     assert answers[-1][-1] == {"role": "assistant", "content": "Hello there"}
     assert all(isinstance(a, list) for a in answers)  # the chat only: never the box
+    assert not handlers.check_enter("next", answers[-1], me)[0]["is_valid"]  # another page's answer ended
     handlers.release(me)
     assert handlers.check_enter("next", answers[-1], me)[0]["is_valid"]
     assert handlers.check_enter("   ", [], me)[0]["message"] == EMPTY
+
+
+class _Failing:
+    """Refuses every message, as the model does one too long for its context."""
+
+    def chat_stream(self, turns: list, settings: object, system: str | None, adapter: str | None) -> Iterator:
+        raise ChatError("Your message is too long for this model: shorten it.")
+        yield  # a generator, as the engine's
+
+
+def test_a_failed_answer_releases_the_page_and_gives_the_message_back() -> None:
+    """Gradio's page runs a ``.then`` only after a success: when the answer failed (or the queue refused it), the page
+    stayed 'still on its way' for ten minutes and the message was gone from the box. The answer releases the page
+    however it ends; the page's failure step gives an unanswered message back to the box (not over new text)."""
+    handlers = AudienceHandlers(_Failing(), DemoProfile(title="t"))
+    me = _Request("s1")
+    history, _, pending = handlers.accept("a very long message", [], me)
+    with pytest.raises(ChatError, match="too long"):
+        list(handlers.answer(pending, history, None, me))
+    assert handlers.check_enter("again", history, me)[0]["is_valid"]  # released by the answer itself
+    handlers.accept("a very long message", [], me)  # the page may send again at once
+    assert not handlers.check_enter("again", history, me)[0]["is_valid"]
+    chat, box = handlers.unanswered(pending, history, "", me)  # the queue refused it: answer never ran
+    assert chat == [] and box == "a very long message"
+    opened = [*history, {"role": "assistant", "content": ""}]  # refused after the answer opened its reply
+    assert handlers.unanswered(pending, opened, "", me) == ([], "a very long message")
+    assert handlers.check_enter("again", [], me)[0]["is_valid"]
+    chat, box = handlers.unanswered(pending, history, "typed meanwhile", me)
+    assert chat == [] and box == gr.skip()  # what the visitor typed since is not overwritten
+    partial = [*history, {"role": "assistant", "content": "Half an ans"}]
+    assert handlers.unanswered(pending, partial, "", me) == (gr.skip(), gr.skip())  # a partial reply stays
+
+
+def test_callers_without_a_session_are_never_held_up_and_old_sessions_are_forgotten(monkeypatch) -> None:
+    from demo import audience
+
+    handlers = AudienceHandlers(_Engine(), DemoProfile(title="t"))
+    handlers.accept("hi", [], _Request(""))
+    assert handlers.answering == {} and handlers.check_enter("hi", [], _Request(""))[0]["is_valid"]
+    monkeypatch.setattr(audience, "MAX_SESSIONS", 4)
+    for i in range(4):
+        handlers.accept("hi", [], _Request(f"s{i}"))
+    handlers.answering["s0"] -= audience.ANSWER_TIMEOUT_S + 1  # a page closed mid-answer, long ago
+    handlers.accept("hi", [], _Request("s4"))
+    assert set(handlers.answering) == {"s1", "s2", "s3", "s4"}  # the expired one went; the waiting ones stay
