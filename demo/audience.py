@@ -142,17 +142,21 @@ class AudienceHandlers:
             started = self.answering.get(session) if session else None
         return started is not None and time.monotonic() - started < ANSWER_TIMEOUT_S
 
+    def _enter_problem(self, message: str, request: gr.Request | None) -> str | None:
+        """What stops the page's Enter (message already stripped): an empty or too long message, or the answer to
+        the last one still on its way (a second message would be answered without the first's answer)."""
+        return BUSY if self._answering(request) else message_problem(message)
+
     def check_enter(self, message: str, history: list[dict] | None, request: gr.Request) -> list[dict]:
-        """Validator of the page's Enter: a note under the box for an empty or too long message, or while the
-        answer to the last one is on its way (a second message would be answered without the first's answer)."""
-        problem = BUSY if self._answering(request) else message_problem((message or "").strip())
+        """Validator of the page's Enter: a note under the box for what :meth:`_enter_problem` finds."""
+        problem = self._enter_problem((message or "").strip(), request)
         return [gr.validate(problem is None, problem or ""), gr.validate(True, "")]
 
     def accept(self, message: str, history: list[dict] | None, request: gr.Request) -> tuple[list[dict], str, str]:
         """The page's Enter, first step (before the queue): the message goes into the chat and out of the box, so
         whatever the visitor types while it waits for its turn stays in the box. Kept for the second step."""
         message = (message or "").strip()
-        problem = BUSY if self._answering(request) else message_problem(message)
+        problem = self._enter_problem(message, request)
         if problem:  # the validator said so already; a raw caller gets the same words
             raise ChatError(problem)
         session = self._session(request)
@@ -330,9 +334,8 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     )
                     answer = shows_errors("answering")(chat.answer)
                     answered = accepted.success(answer, [pending, bot, adapter], [bot], api_visibility="private", **kw)
-                    # Released by answer itself however it ends; a page's .then runs only after a success, and
-                    # an answer the queue refused never ran: the failure step releases and gives the text back.
-                    answered.then(chat.release, None, None, queue=False, **private)
+                    # answer releases the page however it ends; an answer the queue refused never ran, so the
+                    # failure step releases too and gives the text back.
                     answered.failure(chat.unanswered, [pending, bot, msg], [bot, msg], queue=False, **private)
                     # /respond for API callers, as before: the message in, the chat out (a hidden box of its own).
                     api_msg = gr.Textbox(label="Message", visible=False)

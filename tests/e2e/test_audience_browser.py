@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -192,16 +193,11 @@ def test_an_empty_audience_message_is_a_note_under_the_box_and_the_chat_stays(ur
             browser.close()
 
 
-def test_what_a_visitor_types_while_their_message_waits_in_the_queue_stays_in_the_box(url: str) -> None:
-    """Enter moves the message into the chat at once and empties the box; the message then waits for its turn
-    behind other visitors' replies. What the visitor types meanwhile was wiped when their reply began (the one-step
-    event emptied the box then). Now it stays, and a second Enter before the answer gets a note, not a second send."""
-    from gradio_client import Client
+@contextmanager
+def _visitor_chat(url: str) -> Iterator[tuple]:
+    """A signed-in audience page in headless Chromium, and its message box once drawn."""
     from playwright.sync_api import sync_playwright
 
-    from demo.audience import BUSY
-
-    others = Client(url, auth=AUDIENCE, verbose=False)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
@@ -209,58 +205,61 @@ def test_what_a_visitor_types_while_their_message_waits_in_the_queue_stays_in_th
             _sign_in(page, url, AUDIENCE)
             box = page.locator("#df-msg textarea")
             box.wait_for(timeout=60_000)
-            # Other visitors' questions fill the model's queue, so this page's message has to wait its turn.
-            jobs = [others.submit(f"w{i} w2 good", [], None, api_name="/respond") for i in range(12)]
-            _send(page, box, "w1 w2 first", users=1)
-            assert box.input_value() == ""  # out of the box at once, before its turn came
-            box.fill("my next question")
-            note = page.locator("#df-msg").get_by_text(BUSY)
-            box.press("Enter")  # while the first still waits or streams: a note, the text stays
-            note.wait_for(timeout=10_000)
-            page.wait_for_function(
-                "() => (document.querySelector('#df-chatbot [data-testid=\"bot\"]')?.innerText || '').trim().length",
-                timeout=60_000,
-            )
-            _wait_reply_end(page)
-            for job in jobs:
-                job.result(timeout=60)
-            assert box.input_value() == "my next question"
-            assert page.locator('#df-chatbot [data-testid="user"]').all_inner_texts() == ["w1 w2 first"]
-            _send(page, box, "my next question", users=2)  # the answer is in: now it sends
-            assert box.input_value() == ""
+            yield page, box
         finally:
             browser.close()
+
+
+def test_what_a_visitor_types_while_their_message_waits_in_the_queue_stays_in_the_box(url: str) -> None:
+    """Enter moves the message into the chat at once and empties the box; the message then waits for its turn
+    behind other visitors' replies. What the visitor types meanwhile was wiped when their reply began (the one-step
+    event emptied the box then). Now it stays, and a second Enter before the answer gets a note, not a second send."""
+    from gradio_client import Client
+
+    from demo.audience import BUSY
+
+    others = Client(url, auth=AUDIENCE, verbose=False)
+    with _visitor_chat(url) as (page, box):
+        # Other visitors' questions fill the model's queue, so this page's message has to wait its turn.
+        jobs = [others.submit(f"w{i} w2 good", [], None, api_name="/respond") for i in range(12)]
+        _send(page, box, "w1 w2 first", users=1)
+        assert box.input_value() == ""  # out of the box at once, before its turn came
+        box.fill("my next question")
+        note = page.locator("#df-msg").get_by_text(BUSY)
+        box.press("Enter")  # while the first still waits or streams: a note, the text stays
+        note.wait_for(timeout=10_000)
+        page.wait_for_function(
+            "() => (document.querySelector('#df-chatbot [data-testid=\"bot\"]')?.innerText || '').trim().length",
+            timeout=60_000,
+        )
+        _wait_reply_end(page)
+        for job in jobs:
+            job.result(timeout=60)
+        assert box.input_value() == "my next question"
+        assert page.locator('#df-chatbot [data-testid="user"]').all_inner_texts() == ["w1 w2 first"]
+        _send(page, box, "my next question", users=2)  # the answer is in: now it sends
+        assert box.input_value() == ""
 
 
 def test_a_message_the_model_refuses_comes_back_to_the_box_and_the_chat_goes_on(url: str) -> None:
     """A message too long for the model's context is refused in the queue. The page used to stay 'still on its way'
     for ten minutes (its release step ran only after a success) with the message gone from the box. Now the
     refusal is shown, the message is back in the box to shorten, and the next Enter sends."""
-    from playwright.sync_api import sync_playwright
-
     from demo.audience import BUSY
 
     long_message = " ".join(f"w{i % 20}" for i in range(400))  # the tiny model's context is 256 tokens
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            _sign_in(page, url, AUDIENCE)
-            box = page.locator("#df-msg textarea")
-            box.wait_for(timeout=60_000)
-            _send(page, box, long_message, users=1)
-            page.get_by_text("too long").first.wait_for(timeout=30_000)  # the refusal, in words
-            page.wait_for_function(
-                "() => document.querySelectorAll('#df-chatbot [data-testid=\"user\"]').length === 0", timeout=10_000
-            )
-            assert box.input_value() == long_message  # back in the box, to shorten
-            box.fill("w1 w2 good")
-            box.press("Enter")
-            page.wait_for_function(
-                "() => (document.querySelector('#df-chatbot [data-testid=\"bot\"]')?.innerText || '').trim().length",
-                timeout=60_000,
-            )
-            assert page.locator('#df-chatbot [data-testid="user"]').all_inner_texts() == ["w1 w2 good"]
-            assert page.locator("#df-msg").get_by_text(BUSY).count() == 0
-        finally:
-            browser.close()
+    with _visitor_chat(url) as (page, box):
+        _send(page, box, long_message, users=1)
+        page.get_by_text("too long").first.wait_for(timeout=30_000)  # the refusal, in words
+        page.wait_for_function(
+            "() => document.querySelectorAll('#df-chatbot [data-testid=\"user\"]').length === 0", timeout=10_000
+        )
+        assert box.input_value() == long_message  # back in the box, to shorten
+        box.fill("w1 w2 good")
+        box.press("Enter")
+        page.wait_for_function(
+            "() => (document.querySelector('#df-chatbot [data-testid=\"bot\"]')?.innerText || '').trim().length",
+            timeout=60_000,
+        )
+        assert page.locator('#df-chatbot [data-testid="user"]').all_inner_texts() == ["w1 w2 good"]
+        assert page.locator("#df-msg").get_by_text(BUSY).count() == 0

@@ -33,7 +33,6 @@ AUDIENCE_ENDPOINTS = {
     "respond",
     "accept",  # the page's Enter in two steps (private: the page calls them by position); answer as respond does
     "answer",
-    "release",
     "unanswered",
     "chat",
     "load_example",
