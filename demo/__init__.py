@@ -17,6 +17,7 @@ from demo.classify_tab import build_classify_tab
 from demo.errors import shows_errors
 from demo.finetune_tab import build_finetune_tab
 from demo.library_tab import LibraryChange, LibraryTab, build_library_tab, library_update
+from demo.queue import open_queue
 from demo.render import storage_notice
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -58,9 +59,7 @@ def build_app(engine: Engine, config: AppConfig) -> gr.Blocks:
         pickers = Pickers(*chat.pickers, classify.adapter)
         wire_pickers(app, engine, pickers, library, finetune.run_status, adapters_tab, classify_tab)
         wire_use_buttons(engine, tabs, chat, library, classify.method, pickers.classify)
-    # A bounded queue: beyond queue_size waiting requests, Gradio answers "queue is full" at once instead of
-    # letting visitors wait forever; each visitor sees their position and an estimate in the status line.
-    app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
+    open_queue(app, config.queue_size, config.concurrency)
     return app
 
 

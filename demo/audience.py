@@ -24,7 +24,7 @@ from core.config import AppConfig, DemoProfile, GenerationSettings
 from core.errors import ChatError, ClassifyError, ConfigError, DemoForgeError
 from demo.arena_tab import MAX_PROMPT_CHARS, ArenaHandlers, build_arena_tab
 from demo.errors import shows_errors
-from demo.queue import MODEL_QUEUE
+from demo.queue import MODEL_QUEUE, open_queue
 
 MAX_TURNS = 20
 """Earlier messages an audience reply sees (the oldest beyond this are dropped)."""
@@ -369,7 +369,7 @@ def build_audience_app(engine: Any, config: AppConfig, votes: VoteStore | None =
                     label = gr.Label(label="Label", elem_id="df-classify-label")
                     classify = shows_errors("classifying")(chat.classify)
                     go.click(classify, [text], [label], api_name="classify", **kw)
-    app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
+    open_queue(app, config.queue_size, config.concurrency)
     if mcp:
         limit_mcp_tools(app, profile)
     return app

@@ -358,6 +358,22 @@ def _file_part(path: str) -> dict:
     return {"type": "file", "file": {"path": path, "meta": {"_type": "gradio.FileData"}}}
 
 
+def test_queued_events_cannot_skip_the_queue_by_direct_post(roles: dict) -> None:
+    """Gradio's /run/<name> route ran a queued event at once outside Spaces, past the queue and its concurrency
+    limit: a visitor's script could put any number of replies on the cores beside the queued ones. Both apps now
+    refuse it; the same reply through the queue (gradio_client) still works, and the unqueued /run/predict too."""
+    url = roles["url"]
+    visitor = signed_in(url, AUDIENCE)
+    for name in ("respond", "chat", "classify", "arena_ask"):
+        r = visitor.post(f"/gradio_api/run/{name}", json={"data": ["w1 w2", []]})
+        assert r.status_code == 404 and "join the queue" in r.text, (name, r.status_code, r.text[:200])
+    builder = signed_in(url, BUILDER, "/builder")
+    r = builder.post("/builder/gradio_api/run/start_training", json={"data": []})
+    assert r.status_code == 404 and "join the queue" in r.text, r.text[:200]
+    reply = Client(url, auth=AUDIENCE, verbose=False).predict("w1 w2 good", "tuned-a", api_name="/chat")
+    assert isinstance(reply, str) and reply.strip(), "the same reply through the queue"
+
+
 def test_a_visitor_cannot_hand_the_server_a_file_path(roles: dict) -> None:
     """A server path in a chat message's file part was copied into Gradio's served cache (``/etc/passwd``), and
     ``/dev/zero`` froze the whole server: mounted apps skipped Gradio's own check. Now the audience app refuses any
