@@ -186,6 +186,21 @@ def test_second_message_while_streaming_never_cuts_the_first_reply(slow_url: str
         assert _error_badges(page) == 0
 
 
+def test_a_failed_reply_gives_send_back(tmp_path: Path) -> None:
+    """A reply that fails mid-stream keeps its text, marked interrupted, and Send works again: the page runs a
+    .then only after a success, and Send stayed disabled after a failure (every Enter then said 'still answering')."""
+    engine = SlowEngine(words=6, step_s=0.2, fail_after=3)
+    with isolated_home(tmp_path), serve(engine, AppConfig(profile=DemoProfile())) as url, browser_page(url) as page:
+        _send(page, "first")
+        _wait_status(page, "Interrupted", 20_000)
+        assert _bot_text(page).split()[:3] == ["one", "two", "three"] and MARK in _bot_text(page)
+        page.wait_for_function("() => !document.querySelector('#df-send').disabled", timeout=10_000)
+        _send(page, "second")  # the engine fails only its first reply
+        _wait_status(page, "tok/s", 20_000)
+        assert _user_texts(page) == ["first", "second"]
+        assert _bot_text(page).split() == ["one", "two", "three", "w3", "w4", "w5"]
+
+
 def test_a_waiting_visitor_sees_queue_position_and_estimate(slow_url: str) -> None:
     with browser_page(slow_url) as first:
         second = first.context.browser.new_page(viewport={"width": 1280, "height": 1000})
