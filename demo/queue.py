@@ -6,13 +6,13 @@ classification never competes with a chat reply for the 2 cores beyond what the 
 
 from __future__ import annotations
 
-from typing import Any
+import gradio as gr
 
 MODEL_QUEUE = "model"
 """concurrency_id shared by every listener that runs a model."""
 
 
-def open_queue(app: Any, queue_size: int, concurrency: int) -> None:
+def open_queue(app: gr.Blocks, queue_size: int, concurrency: int) -> None:
     """Turn on the app's bounded queue: beyond ``queue_size`` waiting requests Gradio answers "queue is full" at once
     instead of letting visitors wait forever, and each visitor sees their position and an estimate.
 

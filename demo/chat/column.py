@@ -275,8 +275,9 @@ def wire_chat_column(engine: Engine, col: ChatColumn, concurrency: int) -> None:
     edited = edited.success(reply, [col.chatbot, *knobs], outs, **streaming, **private)
     running = [sent, redo, edited]
     for event in running:
-        # Both: the page runs a .then only after a success, so a reply that failed (or that the queue refused)
-        # left Send disabled and every later Enter answered "still answering".
+        # Both: Gradio 6.31's page runs a .then only after a success (its docs say "regardless"), so a reply that
+        # failed (or that the queue refused) left Send disabled and every later Enter answered "still answering".
+        # A cancelled reply (Stop, Undo, Clear) runs both; unlock twice is harmless.
         event.then(unlock, None, lock, **quick)
         event.failure(unlock, None, lock, **quick)
     # Cancel first, then mark: marking in the cancelling event itself raced the stream's last updates, which

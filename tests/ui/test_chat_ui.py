@@ -131,6 +131,19 @@ def test_full_queue_answers_busy_at_once() -> None:
     assert len(busy) + len(done) == 4
 
 
+def test_every_reply_gives_send_back_after_a_failure_too() -> None:
+    """Send, Retry and Edit each unlock Send after their reply succeeds *and* after it fails: the page runs a .then
+    only after a success (the Chromium test fails a Send; this covers the other two without a browser)."""
+    from demo import build_app
+
+    app = build_app(SlowEngine(), AppConfig())
+    unlocks = [fn for fn in app.fns.values() if getattr(fn.fn, "__name__", "") == "unlock"]
+    on_failure = [fn for fn in unlocks if fn.trigger_only_on_failure]
+    always = [fn for fn in unlocks if not fn.trigger_only_on_failure and not fn.trigger_only_on_success]
+    assert len(on_failure) == len(always) == 3, [(fn.trigger_after, fn.trigger_only_on_failure) for fn in unlocks]
+    assert {fn.trigger_after for fn in on_failure} == {fn.trigger_after for fn in always}
+
+
 def test_exception_in_handler_gives_short_error_and_server_keeps_serving() -> None:
     with serve(SlowEngine(fail_after=0)) as url:
         client = Client(url, verbose=False)

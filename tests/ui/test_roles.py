@@ -361,7 +361,8 @@ def _file_part(path: str) -> dict:
 def test_queued_events_cannot_skip_the_queue_by_direct_post(roles: dict) -> None:
     """Gradio's /run/<name> route ran a queued event at once outside Spaces, past the queue and its concurrency
     limit: a visitor's script could put any number of replies on the cores beside the queued ones. Both apps now
-    refuse it; the same reply through the queue (gradio_client) still works, and the unqueued /run/predict too."""
+    refuse it, and the same reply through the queue (gradio_client) still works. (The page's unqueued events keep
+    /run/predict: test_the_pages_unqueued_events_pass_the_endpoint_guard.)"""
     url = roles["url"]
     visitor = signed_in(url, AUDIENCE)
     for name in ("respond", "chat", "classify", "arena_ask"):
